@@ -1,0 +1,111 @@
+"""Batched sampling with a KV cache: one prefill over right-padded prompts, then a `lax.while_loop` decode.
+
+`generate` serves one model (optionally with one LoRA); `generate_k` vmaps it over K adapters, each answering its own
+prompts, in one compiled program. Rows stop independently at an EOS id or after `max_new` tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from seal_jax.models.transformer import KVCache, merge_model
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Static decoding settings. temperature 0 = greedy; top_p 1 = no nucleus truncation."""
+
+    max_new: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    eos_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+    prompt_bucket: int = 64
+
+
+def sample_token(logits: Array, key: Array, cfg: SamplingConfig) -> Array:
+    """logits: f32 [B, V] -> int32 [B] (greedy, or temperature + top-p)."""
+    if cfg.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / cfg.temperature
+    if cfg.top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        kept = jnp.where(mass_before < cfg.top_p, sorted_logits, jnp.inf)
+        threshold = jnp.min(kept, axis=-1, keepdims=True)
+        logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def generate(base: nnx.State, lora: nnx.State | None, prompts: Array, prompt_lens: Array, key: Array, *,
+             graphdef: nnx.GraphDef, cfg: SamplingConfig) -> tuple[Array, Array]:
+    """Decodes continuations of right-padded prompts.
+
+    prompts: int32 [B, P]; prompt_lens: int32 [B] (>= 1) -> (tokens int32 [B, max_new] padded with pad_id after
+    EOS, lengths int32 [B] = generated tokens up to and including EOS).
+    """
+    b, p = prompts.shape
+    eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
+    model = merge_model(graphdef, base, lora)
+    cache = KVCache.zeros(model.config, b, p + cfg.max_new, model.embed.value.dtype)
+    positions = jnp.broadcast_to(jnp.arange(p), (b, p))
+    hidden, cache = model(prompts, positions, cache)
+    head = model.head()
+    last = jnp.take_along_axis(hidden, (prompt_lens - 1)[:, None, None], axis=1)[:, 0]
+    key, sub = jax.random.split(key)
+    first = sample_token((last @ head).astype(jnp.float32), sub, cfg)
+
+    def cond(state: tuple) -> Array:
+        step, _, _, done, _, _ = state
+        return (step < cfg.max_new) & ~jnp.all(done)
+
+    def body(state: tuple) -> tuple:
+        step, cache, token, done, out, key = state
+        out = out.at[:, step].set(jnp.where(done, cfg.pad_id, token))
+        done = done | jnp.isin(token, eos)
+        pos = (prompt_lens + step)[:, None]
+        hidden, cache = model(token[:, None], pos, cache)
+        key, sub = jax.random.split(key)
+        token = sample_token((hidden[:, 0] @ head).astype(jnp.float32), sub, cfg)
+        return step + 1, cache, token, done, out, key
+
+    out = jnp.full((b, cfg.max_new), cfg.pad_id, jnp.int32)
+    init = (jnp.zeros((), jnp.int32), cache, first, jnp.zeros((b,), bool), out, key)
+    _, _, _, _, out, _ = jax.lax.while_loop(cond, body, init)
+    is_eos = jnp.isin(out, eos)
+    first_eos = jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1) + 1, cfg.max_new)
+    return out, first_eos.astype(jnp.int32)
+
+
+generate_jit = jax.jit(generate, static_argnames=("graphdef", "cfg"))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
+def generate_k(base: nnx.State, lora: nnx.State, prompts: Array, prompt_lens: Array, keys: Array, *,
+               graphdef: nnx.GraphDef, cfg: SamplingConfig) -> tuple[Array, Array]:
+    """`generate` vmapped over K adapters: lora leaves [K, ...], prompts [K, B, P], prompt_lens [K, B], keys [K]."""
+    fn = functools.partial(generate, graphdef=graphdef, cfg=cfg)
+    return jax.vmap(fn, in_axes=(None, 0, 0, 0, 0))(base, lora, prompts, prompt_lens, keys)
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], cfg: SamplingConfig, width: int | None = None,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads token lists into int32 [B, P] (P = bucketed longest, or `width`) and lengths [B]."""
+    lens = np.array([len(p) for p in prompts], np.int32)
+    if lens.size and lens.min() < 1:
+        raise ValueError("every prompt needs at least one token")
+    longest = int(lens.max(initial=1))
+    width = width or max(cfg.prompt_bucket, -(-longest // cfg.prompt_bucket) * cfg.prompt_bucket)
+    out = np.full((len(prompts), width), cfg.pad_id, np.int32)
+    for i, p in enumerate(prompts):
+        out[i, : len(p)] = p
+    return out, lens

@@ -1,0 +1,289 @@
+"""Llama / Qwen2 decoder in Flax NNX, layers stacked on a leading axis and run under `lax.scan`.
+
+Parameters follow the flat layout of `loading.py` (linear weights `[in, out]`, layers stacked on axis 0), so compile
+time does not grow with depth. The model is used functionally (ARCHITECTURE.md):
+
+    graphdef, lora, base = nnx.split(model, nnx.LoRAParam, nnx.Param)
+    hidden, cache = forward(graphdef, base, lora, tokens, positions)      # inside jit / vmap
+
+`lora` may be `None` with the graphdef of a model built without LoRA (`graphdef_for(cfg, None)`): the base state is
+the same pytree either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from seal_jax.models.config import ModelConfig
+from seal_jax.models.lora import TARGETS, LoraConfig, target_shape
+
+Array = jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """Per-layer keys and values: `k`, `v` are [L, B, S, Hkv, hd]; row b's slot s holds position s."""
+
+    k: Array
+    v: Array
+
+    @classmethod
+    def zeros(cls, cfg: ModelConfig, batch: int, length: int, dtype: Any = jnp.float32) -> KVCache:
+        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """[hd/2] rotary inverse frequencies, with Llama-3 scaling when configured."""
+    hd = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv_freq.astype(np.float32)
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rms_norm(x: Array, weight: Array, eps: float) -> Array:
+    """RMSNorm over the last axis, computed in f32."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (x32 * weight.astype(jnp.float32)).astype(x.dtype)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotate-half RoPE. x: [B, T, H, hd]; cos, sin: [B, T, hd]."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return (x * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
+
+
+def _project(x: Array, weights: dict[str, Array], lora: dict[str, tuple[Array, Array]], target: str,
+             scale: float) -> Array:
+    """x @ W (+ scale * x @ A @ B when `target` is adapted). x: [..., in] -> [..., out]."""
+    y = x @ weights[TARGETS[target][0]]
+    if target in lora:
+        a, b = lora[target]
+        y = y + (scale * ((x @ a) @ b)).astype(y.dtype)
+    return y
+
+
+def _attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array) -> Array:
+    """Causal GQA attention. q: [B,T,Hq,hd], k/v: [B,S,Hkv,hd], q_pos [B,T], k_pos [B,S] -> [B,T,Hq*hd]."""
+    b, t, hq, hd = q.shape
+    hkv = k.shape[2]
+    q = q.reshape(b, t, hkv, hq // hkv, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / math.sqrt(hd)
+    mask = k_pos[:, None, None, None, :] <= q_pos[:, None, None, :, None]
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, hq * hd)
+
+
+def _decoder_layer(cfg: ModelConfig, scale: float, x: Array, w: dict[str, Array],
+                   lora: dict[str, tuple[Array, Array]], cos: Array, sin: Array, positions: Array,
+                   cache: tuple[Array, Array] | None) -> tuple[Array, tuple[Array, Array] | None]:
+    """One pre-norm decoder block. x: [B, T, D]; cache: this layer's (k, v) [B, S, Hkv, hd] or None."""
+    b, t, _ = x.shape
+    h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
+    q = _project(h, w, lora, "q", scale)
+    k = _project(h, w, lora, "k", scale)
+    v = _project(h, w, lora, "v", scale)
+    if cfg.qkv_bias:
+        q, k, v = q + w["bq"], k + w["bk"], v + w["bv"]
+    q = apply_rope(q.reshape(b, t, cfg.num_heads, cfg.head_dim), cos, sin)
+    k = apply_rope(k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim), cos, sin)
+    v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    if cache is None:
+        k_all, v_all, k_pos = k, v, positions
+    else:
+        rows = jnp.arange(b)[:, None]
+        k_all = cache[0].at[rows, positions].set(k.astype(cache[0].dtype))
+        v_all = cache[1].at[rows, positions].set(v.astype(cache[1].dtype))
+        cache = (k_all, v_all)
+        k_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1]), (b, k_all.shape[1]))
+    attn = _attention(q, k_all, v_all, positions, k_pos)
+    x = x + _project(attn, w, lora, "o", scale)
+    h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
+    gated = jax.nn.silu(_project(h, w, lora, "gate", scale)) * _project(h, w, lora, "up", scale)
+    return x + _project(gated, w, lora, "down", scale), cache
+
+
+class LoraPair(nnx.Module):
+    """One target's adapter: `a` [L, in, r] (random), `b` [L, r, out] (zero)."""
+
+    def __init__(self, layers: int, fan_in: int, fan_out: int, rank: int, rngs: nnx.Rngs):
+        bound = 1.0 / math.sqrt(fan_in)  # PEFT's kaiming-uniform(a=sqrt(5)) bound for A
+        self.a = nnx.LoRAParam(jax.random.uniform(rngs.params(), (layers, fan_in, rank), jnp.float32,
+                                                  -bound, bound))
+        self.b = nnx.LoRAParam(jnp.zeros((layers, rank, fan_out), jnp.float32))
+
+
+class Adapters(nnx.Module):
+    """The LoRA pairs of every target in `LoraConfig.targets`, as attributes named by target."""
+
+    def __init__(self, cfg: ModelConfig, lora: LoraConfig, rngs: nnx.Rngs):
+        for target in lora.targets:
+            fan_in, fan_out = target_shape(cfg, target)
+            setattr(self, target, LoraPair(cfg.num_layers, fan_in, fan_out, lora.rank, rngs))
+
+
+class DecoderStack(nnx.Module):
+    """All decoder layers' weights, stacked on a leading L axis (names as in `loading.py`)."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, dtype: Any):
+        n, d, f = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
+        normal = nnx.initializers.normal(0.02)
+
+        def dense(fan_in: int, fan_out: int) -> nnx.Param:
+            return nnx.Param(normal(rngs.params(), (n, fan_in, fan_out), dtype))
+
+        self.attn_norm = nnx.Param(jnp.ones((n, d), dtype))
+        self.mlp_norm = nnx.Param(jnp.ones((n, d), dtype))
+        self.wq, self.wk = dense(d, cfg.q_dim), dense(d, cfg.kv_dim)
+        self.wv, self.wo = dense(d, cfg.kv_dim), dense(cfg.q_dim, d)
+        self.w_gate, self.w_up, self.w_down = dense(d, f), dense(d, f), dense(f, d)
+        if cfg.qkv_bias:
+            self.bq = nnx.Param(jnp.zeros((n, cfg.q_dim), dtype))
+            self.bk = nnx.Param(jnp.zeros((n, cfg.kv_dim), dtype))
+            self.bv = nnx.Param(jnp.zeros((n, cfg.kv_dim), dtype))
+
+
+class Transformer(nnx.Module):
+    """Decoder-only LM. `__call__` returns final hidden states; `logits` applies the (tied) head."""
+
+    def __init__(self, cfg: ModelConfig, *, lora: LoraConfig | None = None, rngs: nnx.Rngs,
+                 dtype: Any = jnp.float32):
+        self.config = cfg
+        self.lora_config = lora
+        self.embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (cfg.vocab_size, cfg.hidden_size),
+                                                             dtype))
+        self.layers = DecoderStack(cfg, rngs, dtype)
+        self.final_norm = nnx.Param(jnp.ones((cfg.hidden_size,), dtype))
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(),
+                                                                   (cfg.hidden_size, cfg.vocab_size), dtype))
+        if lora is not None:
+            self.lora = Adapters(cfg, lora, rngs)
+
+    def __call__(self, tokens: Array, positions: Array, cache: KVCache | None = None, *,
+                 remat: bool = False) -> tuple[Array, KVCache | None]:
+        """tokens, positions: int [B, T] -> hidden [B, T, D] and the updated cache."""
+        cfg = self.config
+        weights = {k: v.value for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+        lora: dict[str, tuple[Array, Array]] = {}
+        scale = 0.0
+        if self.lora_config is not None:
+            scale = self.lora_config.scale
+            lora = {t: (getattr(self.lora, t).a.value, getattr(self.lora, t).b.value)
+                    for t in self.lora_config.targets}
+        angles = positions[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(cfg))
+        angles = jnp.concatenate([angles, angles], axis=-1)
+        x = self.embed.value[tokens]
+        cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+
+        def body(x: Array, layer: tuple) -> tuple[Array, Any]:
+            w, lw, kv = layer
+            x, kv = _decoder_layer(cfg, scale, x, w, lw, cos, sin, positions, kv)
+            return x, kv
+
+        if remat:
+            body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+        kv_in = None if cache is None else (cache.k, cache.v)
+        x, kv_out = jax.lax.scan(body, x, (weights, lora, kv_in))
+        new_cache = None if cache is None else KVCache(*kv_out)
+        return rms_norm(x, self.final_norm.value, cfg.rms_norm_eps), new_cache
+
+    def head(self) -> Array:
+        """The output projection [D, V] (the transposed embedding when tied)."""
+        return self.embed.value.T if self.config.tie_word_embeddings else self.lm_head.value
+
+    def forward_logits(self, tokens: Array) -> Array:
+        """Full-sequence logits: int [B, T] -> f32 [B, T, V] (tests and small batches only)."""
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        hidden, _ = self(tokens, positions)
+        return (hidden @ self.head()).astype(jnp.float32)
+
+    @classmethod
+    def from_params(cls, cfg: ModelConfig, params: dict[str, Any], *, lora: LoraConfig | None = None,
+                    seed: int = 0, dtype: Any = None) -> Transformer:
+        """A model holding `params` (flat layout of `loading.py`); LoRA, if any, is freshly initialized."""
+        dtype = dtype or np.asarray(params["embed"]).dtype
+        model = cls(cfg, lora=lora, rngs=nnx.Rngs(seed), dtype=dtype)
+        graphdef, lora_state, base = nnx.split(model, nnx.LoRAParam, nnx.Param)
+        nnx.replace_by_pure_dict(base, unflatten(params))
+        return nnx.merge(graphdef, lora_state, base)
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"layers/wq": x} -> {"layers": {"wq": x}} (arrays converted with `jnp.asarray`)."""
+    nested: dict[str, Any] = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split("/")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = jnp.asarray(value)
+    return nested
+
+
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Inverse of `unflatten` for pure dicts: {"layers": {"wq": x}} -> {"layers/wq": x}."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+@functools.lru_cache(maxsize=None)
+def graphdef_for(cfg: ModelConfig, lora: LoraConfig | None) -> nnx.GraphDef:
+    """The (static) graph definition of a model with this config, built without allocating weights."""
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, lora=lora, rngs=nnx.Rngs(0)))
+    return nnx.split(abstract, nnx.LoRAParam, nnx.Param)[0]
+
+
+def init_lora(cfg: ModelConfig, lora: LoraConfig, key: Array) -> nnx.State:
+    """A fresh adapter state (A random, B zero) for one model."""
+    adapters = Adapters(cfg, lora, nnx.Rngs(params=key))
+    flat = nnx.to_flat_state(nnx.state(adapters, nnx.LoRAParam))
+    return nnx.from_flat_state([(("lora", *path), var) for path, var in flat])
+
+
+def init_lora_k(cfg: ModelConfig, lora: LoraConfig, keys: Array) -> nnx.State:
+    """K fresh adapters at once: keys [K, 2] -> state with a leading K axis on every leaf."""
+    return jax.vmap(lambda key: init_lora(cfg, lora, key))(keys)
+
+
+def merge_model(graphdef: nnx.GraphDef, base: nnx.State, lora: nnx.State | None) -> Transformer:
+    """The module view of (graphdef, base[, lora]) states; `lora` None needs a LoRA-free graphdef."""
+    return nnx.merge(graphdef, base) if lora is None else nnx.merge(graphdef, lora, base)
+
+
+def forward(graphdef: nnx.GraphDef, base: nnx.State, lora: nnx.State | None, tokens: Array, positions: Array,
+            cache: KVCache | None = None, *, remat: bool = False) -> tuple[Array, KVCache | None, Array]:
+    """Pure forward: -> (hidden [B, T, D], updated cache, head [D, V]). Call inside jit/vmap."""
+    model = merge_model(graphdef, base, lora)
+    hidden, cache = model(tokens, positions, cache, remat=remat)
+    return hidden, cache, model.head()
