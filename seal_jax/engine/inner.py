@@ -226,9 +226,14 @@ def adapt(lora0: nnx.State, base: nnx.State, batches: StepBatches, hparams: Adap
     return lora, AdaptStats(losses, frozen)
 
 
+def vmapped_adapt(graphdef: nnx.GraphDef, cfg: InnerConfig, spmd_axis_name: str | None = None):
+    """`adapt` vmapped over a leading K axis of `lora0`, `batches` and `hparams`; `base` is shared."""
+    fn = functools.partial(adapt, graphdef=graphdef, cfg=cfg)
+    return jax.vmap(fn, in_axes=(0, None, 0, 0), spmd_axis_name=spmd_axis_name)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"), donate_argnums=(0,))
 def adapt_k(lora0: nnx.State, base: nnx.State, batches: StepBatches, hparams: AdapterHparams, *,
             graphdef: nnx.GraphDef, cfg: InnerConfig) -> tuple[nnx.State, AdaptStats]:
-    """`adapt` vmapped over a leading K axis of `lora0`, `batches` and `hparams`; `base` is shared."""
-    fn = functools.partial(adapt, graphdef=graphdef, cfg=cfg)
-    return jax.vmap(fn, in_axes=(0, None, 0, 0))(lora0, base, batches, hparams)
+    """jit(vmap(adapt)) on the default device placement (see `sharding.sharded_adapt_k` for a mesh)."""
+    return vmapped_adapt(graphdef, cfg)(lora0, base, batches, hparams)

@@ -1,0 +1,20 @@
+"""Experiment drivers, dispatched on `cfg.experiment` by `seal_jax.main`."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from seal_jax.errors import UserInputError
+
+# experiment name -> module under seal_jax.experiments with a `run(cfg)` function.
+EXPERIMENTS = {
+    "generate": "generate",
+}
+
+
+def dispatch(cfg: Any) -> Any:
+    name = cfg.experiment
+    if name not in EXPERIMENTS:
+        raise UserInputError(f"unknown experiment {name!r}: expected one of {sorted(EXPERIMENTS)}")
+    return importlib.import_module(f"seal_jax.experiments.{EXPERIMENTS[name]}").run(cfg)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from seal_jax.errors import UserInputError
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserInputError):
     """A model config that seal_jax cannot run."""
 
 

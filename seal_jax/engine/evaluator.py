@@ -1,0 +1,141 @@
+"""Adapt-and-answer: the inner loop plus evaluation for many self-edits, `chunk_k` adapters per compiled call.
+
+Domain-agnostic: a job is training examples + inner hparams + a seed + query prompts; the result is the adapted
+model's answers (the domain scores them). Jobs are sorted by step count so adapters that run in lock-step under
+`vmap` waste few masked steps, and every chunk has the same K so one compiled program serves them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from seal_jax.domains.base import InnerHparams, TrainExample
+from seal_jax.engine import sharding
+from seal_jax.engine.inner import (
+    AdapterHparams,
+    EncodedExample,
+    InnerConfig,
+    build_step_batches,
+    encode_example,
+    steps_for,
+)
+from seal_jax.engine.sampling import SamplingConfig, pad_prompts
+from seal_jax.engine.text import decode_outputs, encode_prompts, pad_id
+from seal_jax.models.bundle import LoadedModel
+from seal_jax.models.transformer import init_lora_k
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptJob:
+    """One inner-loop run: train a fresh LoRA (init and data order from `seed`) on `examples`, answer `queries`."""
+
+    examples: tuple[TrainExample, ...]
+    hparams: InnerHparams
+    seed: int
+    queries: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptResult:
+    """answers[i] answers queries[i]; losses: mean token loss per real step; nonfinite: the run hit NaN/inf."""
+
+    answers: list[str]
+    losses: list[float]
+    nonfinite: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """Inner loop (static), evaluation decoding, adapters per call, warmup steps for every adapter."""
+
+    inner: InnerConfig
+    sampling: SamplingConfig
+    chunk_k: int = 8
+    warmup_steps: int = 0
+
+
+class Evaluator:
+    """Holds the compiled adapt/generate functions for one model on one mesh."""
+
+    def __init__(self, model: LoadedModel, cfg: EngineConfig, mesh: jax.sharding.Mesh | None = None):
+        self.model = model
+        self.cfg = cfg
+        self.mesh = mesh or sharding.make_mesh(sharding.MeshConfig(), jax.devices()[:1])
+        data = self.mesh.shape["data"]
+        self.chunk_k = max(data, -(-cfg.chunk_k // data) * data)
+        self.base = sharding.place_base(self.mesh, model.base)
+        graphdef = model.graphdef(cfg.inner.lora)
+        self._adapt = sharding.sharded_adapt_k(self.mesh, graphdef, cfg.inner, self.base)
+        self._generate = sharding.sharded_generate_k(self.mesh, graphdef, cfg.sampling, self.base)
+        self._encoded: dict[tuple[TrainExample, bool], EncodedExample] = {}
+        self.timings: dict[str, float] = {"adapt_s": 0.0, "generate_s": 0.0}
+
+    def encode(self, job: AdaptJob) -> list[EncodedExample]:
+        out = []
+        for ex in job.examples:
+            key = (ex, job.hparams.loss_on_all_tokens)
+            if key not in self._encoded:
+                self._encoded[key] = encode_example(self.model.tokenizer, ex, job.hparams.loss_on_all_tokens,
+                                                    self.cfg.inner.max_length)
+            out.append(self._encoded[key])
+        return out
+
+    def run(self, jobs: Sequence[AdaptJob]) -> list[AdaptResult]:
+        """Adapts and evaluates every job; results in the order of `jobs`."""
+        order = sorted(range(len(jobs)), key=lambda i: steps_for(len(jobs[i].examples), jobs[i].hparams.epochs,
+                                                                 self.cfg.inner.batch_size))
+        results: dict[int, AdaptResult] = {}
+        k = min(self.chunk_k, -(-len(jobs) // self.mesh.shape["data"]) * self.mesh.shape["data"])
+        for start in range(0, len(order), k):
+            idx = order[start:start + k]
+            chunk = [jobs[i] for i in idx]
+            for i, res in zip(idx, self._run_chunk(chunk, k)):
+                results[i] = res
+        return [results[i] for i in range(len(jobs))]
+
+    def _run_chunk(self, jobs: list[AdaptJob], k: int) -> list[AdaptResult]:
+        """Adapts len(jobs) <= k adapters (padded to k with zero-step copies) and answers their queries."""
+        padded = jobs + [dataclasses.replace(jobs[0], examples=(), seed=0)] * (k - len(jobs))
+        tok = self.model.tokenizer
+        encoded = [self.encode(j) for j in padded]
+        batches, steps = build_step_batches(encoded, [j.hparams.epochs for j in padded],
+                                            [j.seed for j in padded], self.cfg.inner, pad_id=pad_id(tok))
+        hparams = AdapterHparams(jnp.asarray([j.hparams.learning_rate for j in padded], jnp.float32),
+                                 jnp.asarray(steps), jnp.full((k,), self.cfg.warmup_steps, jnp.int32))
+        keys = jnp.stack([jax.random.key(j.seed) for j in padded])
+        lora0 = init_lora_k(self.model.config, self.cfg.inner.lora, keys)
+        t0 = time.perf_counter()
+        lora, stats = self._adapt(lora0, self.base, jax.tree.map(jnp.asarray, batches), hparams)
+        losses = np.asarray(stats.losses)
+        self.timings["adapt_s"] += time.perf_counter() - t0
+        answers = self.answer(lora, [list(j.queries) for j in padded], [j.seed for j in padded])
+        nonfinite = np.asarray(stats.nonfinite)
+        if nonfinite[: len(jobs)].any():
+            logging.warning("%d adapter(s) hit a non-finite loss and were frozen", int(nonfinite.sum()))
+        return [AdaptResult(answers[i], losses[i, : steps[i]].tolist(), bool(nonfinite[i]))
+                for i in range(len(jobs))]
+
+    def answer(self, lora_k, queries_k: list[list[str]], seeds: list[int]) -> list[list[str]]:
+        """K adapted models (leading K axis, K = chunk size) answer their own queries in one call."""
+        cfg, tok = self.cfg.sampling, self.model.tokenizer
+        rows = max(1, max(len(q) for q in queries_k))
+        encoded = [encode_prompts(tok, (q or [""]) + [(q or [""])[0]] * (rows - len(q or [""])))
+                   for q in queries_k]
+        longest = max(len(ids) for e in encoded for ids in e)
+        width = -(-longest // cfg.prompt_bucket) * cfg.prompt_bucket
+        padded = [pad_prompts(e, cfg, width) for e in encoded]
+        keys = jnp.stack([jax.random.key(s) for s in seeds])
+        t0 = time.perf_counter()
+        out, n = self._generate(self.base, lora_k, jnp.asarray(np.stack([p[0] for p in padded])),
+                                jnp.asarray(np.stack([p[1] for p in padded])), keys)
+        out, n = np.asarray(out), np.asarray(n)
+        self.timings["generate_s"] += time.perf_counter() - t0
+        return [decode_outputs(tok, out[i], n[i], cfg.eos_ids)[: len(queries_k[i])] for i in range(len(queries_k))]
+

@@ -1,0 +1,64 @@
+"""Entry point: `python -m seal_jax.main --config configs/<x>.py [--config.a.b=v]`.
+
+Thin by design (all logic is importable from a notebook): parse the ml_collections config, set up JAX, dispatch on
+`cfg.experiment`. Bad input (config key, data file, checkpoint) exits with status 2 and a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                          lock_config=True)
+
+
+def setup_jax(cfg) -> None:
+    """Compilation cache, optional multi-host init and CPU device count, from the config."""
+    import jax
+
+    if cfg.get("num_cpu_devices"):
+        jax.config.update("jax_num_cpu_devices", int(cfg.num_cpu_devices))
+    if cfg.get("distributed", False):
+        jax.distributed.initialize()
+    cache = cfg.get("compilation_cache_dir") or os.path.expanduser("~/.cache/seal_jax/jax")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def run(cfg) -> object:
+    """Runs `cfg.experiment` and returns its result (also what notebooks call)."""
+    from seal_jax import experiments
+
+    return experiments.dispatch(cfg)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    cfg = _CONFIG.value
+    if cfg is None:
+        raise app.UsageError("--config is required, e.g. --config configs/knowledge_demo.py")
+    setup_jax(cfg)
+    from seal_jax.errors import UserInputError
+
+    try:
+        run(cfg)
+    except UserInputError as err:
+        logging.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def entry() -> None:
+    try:
+        app.run(main)
+    except flags.Error as err:  # raised before absl's own handler for config overrides
+        print(f"error: {err}".splitlines()[0], file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    entry()
