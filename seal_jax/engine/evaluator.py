@@ -87,20 +87,33 @@ class Evaluator:
             out.append(self._encoded[key])
         return out
 
-    def run(self, jobs: Sequence[AdaptJob]) -> list[AdaptResult]:
-        """Adapts and evaluates every job; results in the order of `jobs`."""
+    def set_base(self, base) -> None:
+        """Swaps in new base weights of the same shapes (the updated policy); compiled functions are kept."""
+        self.base = sharding.place_base(self.mesh, base)
+
+    def plan(self, jobs: Sequence[AdaptJob]) -> list[list[int]]:
+        """Job indices grouped into compiled calls: sorted by step count, `chunk_k` per call.
+
+        The plan depends only on `jobs`, so a resumed run recomputes exactly the same chunks (same numbers).
+        """
         order = sorted(range(len(jobs)), key=lambda i: steps_for(len(jobs[i].examples), jobs[i].hparams.epochs,
                                                                  self.cfg.inner.batch_size))
+        return [order[start:start + self.chunk_size(len(jobs))]
+                for start in range(0, len(order), self.chunk_size(len(jobs)))]
+
+    def chunk_size(self, num_jobs: int) -> int:
+        """Adapters per call: `chunk_k`, or fewer for small job lists (a multiple of the `data` axis)."""
+        data = self.mesh.shape["data"]
+        return min(self.chunk_k, -(-num_jobs // data) * data)
+
+    def run(self, jobs: Sequence[AdaptJob]) -> list[AdaptResult]:
+        """Adapts and evaluates every job; results in the order of `jobs`."""
         results: dict[int, AdaptResult] = {}
-        k = min(self.chunk_k, -(-len(jobs) // self.mesh.shape["data"]) * self.mesh.shape["data"])
-        for start in range(0, len(order), k):
-            idx = order[start:start + k]
-            chunk = [jobs[i] for i in idx]
-            for i, res in zip(idx, self._run_chunk(chunk, k)):
-                results[i] = res
+        for idx in self.plan(jobs):
+            results.update(zip(idx, self.run_chunk([jobs[i] for i in idx], self.chunk_size(len(jobs)))))
         return [results[i] for i in range(len(jobs))]
 
-    def _run_chunk(self, jobs: list[AdaptJob], k: int) -> list[AdaptResult]:
+    def run_chunk(self, jobs: list[AdaptJob], k: int) -> list[AdaptResult]:
         """Adapts len(jobs) <= k adapters (padded to k with zero-step copies) and answers their queries."""
         padded = jobs + [dataclasses.replace(jobs[0], examples=(), seed=0)] * (k - len(jobs))
         tok = self.model.tokenizer

@@ -56,7 +56,7 @@ def generate(base: nnx.State, lora: nnx.State | None, prompts: Array, prompt_len
     b, p = prompts.shape
     eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
     model = merge_model(graphdef, base, lora)
-    cache = KVCache.zeros(model.config, b, p + cfg.max_new, model.embed.value.dtype)
+    cache = KVCache.zeros(model.config, b, p + cfg.max_new, model.embed[...].dtype)
     positions = jnp.broadcast_to(jnp.arange(p), (b, p))
     hidden, cache = model(prompts, positions, cache)
     head = model.head()

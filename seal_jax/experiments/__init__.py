@@ -9,7 +9,9 @@ from seal_jax.errors import UserInputError
 
 # experiment name -> module under seal_jax.experiments with a `run(cfg)` function.
 EXPERIMENTS = {
-    "generate": "generate",
+    "generate": ("generate", "run"),
+    "knowledge": ("knowledge", "run"),
+    "knowledge_replay": ("knowledge", "replay"),
 }
 
 
@@ -17,4 +19,5 @@ def dispatch(cfg: Any) -> Any:
     name = cfg.experiment
     if name not in EXPERIMENTS:
         raise UserInputError(f"unknown experiment {name!r}: expected one of {sorted(EXPERIMENTS)}")
-    return importlib.import_module(f"seal_jax.experiments.{EXPERIMENTS[name]}").run(cfg)
+    module, function = EXPERIMENTS[name]
+    return getattr(importlib.import_module(f"seal_jax.experiments.{module}"), function)(cfg)

@@ -11,6 +11,7 @@ from flax import nnx
 from seal_jax.models.config import ModelConfig
 from seal_jax.models.loading import load_pretrained
 from seal_jax.models.lora import LoraConfig
+from seal_jax.models.tiny import tiny_model
 from seal_jax.models.transformer import Transformer, graphdef_for
 
 
@@ -31,7 +32,11 @@ class LoadedModel:
 
 
 def load_model(name_or_path: str, dtype: Any = jnp.float32) -> LoadedModel:
-    """Loads an HF checkpoint dir, a GGUF file or the embedded default (`smollm2-135m-instruct`)."""
+    """Loads an HF checkpoint dir, a GGUF file, the embedded default (`smollm2-135m-instruct`) or a
+    `tiny-random-*` test model."""
+    if name_or_path.startswith("tiny-random-"):
+        cfg, base, tokenizer = tiny_model(name_or_path)
+        return LoadedModel(cfg, base, tokenizer, name_or_path)
     pretrained = load_pretrained(name_or_path, dtype=dtype)
     model = Transformer.from_params(pretrained.config, pretrained.params)
     _, base = nnx.split(model, nnx.Param)

@@ -1,0 +1,19 @@
+"""The paper's knowledge-incorporation run (SEAL_REFERENCE.md §2): Qwen2.5-7B base, SQuAD via `datasets`,
+50 passages × 5 self-edits × 3 seeds per round, 2 rounds, best-of-5, held-out 200 validation passages.
+
+Needs an accelerator and a local HF checkpoint dir: `--config.model=/path/to/Qwen2.5-7B`.
+"""
+
+from seal_jax import defaults
+
+
+def get_config():
+    cfg = defaults.knowledge()
+    cfg.workdir = "runs/knowledge_qwen7b"
+    cfg.model = "Qwen/Qwen2.5-7B"  # set to a local checkpoint directory
+    cfg.dtype = "bfloat16"
+    cfg.data.num_train = 100
+    cfg.data.num_eval = 200
+    cfg.inner.chunk_k = 15
+    cfg.eval.grader = "offline"  # "judge" + OPENAI_API_KEY for the paper's GPT-4.1 grading
+    return cfg

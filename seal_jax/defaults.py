@@ -1,0 +1,56 @@
+"""Default experiment configs (ml_collections); `configs/*.py` start from these and override what differs.
+
+Values are the reference's (SEAL_REFERENCE.md §2, §3) unless a comment says otherwise.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def common() -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict()
+    cfg.workdir = "runs/default"
+    cfg.seed = 0
+    cfg.model = "smollm2-135m-instruct"
+    cfg.writer_model = ""  # teacher-student: a separate self-edit writer ("" = the policy adapts itself)
+    cfg.dtype = "float32"  # f32 on CPU; bfloat16 base weights on TPU/GPU
+    cfg.num_cpu_devices = 0  # >0: fake CPU devices (sharding tests)
+    cfg.distributed = False  # multi-host: jax.distributed.initialize()
+    cfg.compilation_cache_dir = ""
+    cfg.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    return cfg
+
+
+def knowledge() -> ml_collections.ConfigDict:
+    cfg = common()
+    cfg.experiment = "knowledge"
+    cfg.data = ml_collections.ConfigDict({
+        "train_source": "hf", "train_split": "train",  # "hf" | "tfds" | "demo" | path to a reference JSON
+        "eval_source": "hf", "eval_split": "validation",
+        "num_train": 100, "num_eval": 200, "selection_seed": 42, "train_start": 0, "eval_start": 0,
+    })
+    cfg.domain = ml_collections.ConfigDict({
+        "prompt": "implications", "chat": False, "split_newlines": True, "add_context": True, "max_sequences": 30,
+    })
+    cfg.inner = ml_collections.ConfigDict({
+        "lora_rank": 32, "lora_alpha": 64.0, "lora_targets": "q,v", "learning_rate": 1e-3, "epochs": 10,
+        "batch_size": 1, "schedule": "linear", "warmup_steps": 0, "max_length": 2048,
+        "length_bucket": 64, "loss_chunk": 64, "remat": False, "chunk_k": 15,
+        "pad_to": 0, "pad_in_loss": False,  # pad_to=2048, pad_in_loss=True: the reference's loss, for parity
+    })
+    cfg.eval = ml_collections.ConfigDict({
+        "baselines": True, "samples": 1, "seeds": 1, "grader": "offline",
+        "judge_base_url": "https://api.openai.com/v1", "judge_model": "gpt-4.1", "judge_api_key_env": "OPENAI_API_KEY",
+    })
+    cfg.restem = ml_collections.ConfigDict({
+        "rounds": 2, "contexts_per_round": 50, "samples_per_context": 5, "eval_seeds": 3,
+        "selection": "best_of_n", "reward": "absolute", "temperature": 1.0, "top_p": 0.95,
+        "max_self_edit_tokens": 8192, "sample_batch": 16,
+    })
+    cfg.sft = ml_collections.ConfigDict({
+        "lora_rank": 64, "lora_alpha": 128.0, "lora_targets": "q,k,v,o,gate,up,down", "learning_rate": 3e-4,
+        "epochs": 2, "batch_size": 10, "schedule": "linear", "warmup_steps": 0, "max_length": 4096, "remat": True,
+    })
+    cfg.replay = ml_collections.ConfigDict({"directory": "", "names": "naive,base,iter2,gpt4_1", "num_passages": 200})
+    return cfg

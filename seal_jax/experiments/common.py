@@ -1,0 +1,89 @@
+"""Config -> objects shared by the experiment drivers (model, inner loop, evaluator, workdir)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+
+from seal_jax.engine import sharding
+from seal_jax.engine.evaluator import EngineConfig, Evaluator
+from seal_jax.engine.inner import InnerConfig
+from seal_jax.engine.sampling import SamplingConfig
+from seal_jax.engine.sft import SftConfig
+from seal_jax.engine.text import sampling_config
+from seal_jax.errors import UserInputError
+from seal_jax.models.bundle import LoadedModel, load_model
+from seal_jax.models.lora import LoraConfig
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def targets(spec: str) -> tuple[str, ...]:
+    """"q,v" -> ("q", "v")."""
+    return tuple(t.strip() for t in spec.split(",") if t.strip())
+
+
+def lora_config(c: Any) -> LoraConfig:
+    try:
+        return LoraConfig(rank=int(c.lora_rank), alpha=float(c.lora_alpha), targets=targets(c.lora_targets))
+    except ValueError as err:
+        raise UserInputError(str(err)) from None
+
+
+def inner_config(c: Any) -> InnerConfig:
+    """cfg.inner -> InnerConfig (pad_to 0 = bucketed lengths, the default)."""
+    try:
+        return InnerConfig(lora=lora_config(c), batch_size=int(c.batch_size), schedule=c.schedule,
+                           max_length=int(c.max_length), length_bucket=int(c.length_bucket),
+                           loss_chunk=int(c.loss_chunk), remat=bool(c.remat), pad_to=int(c.pad_to) or None,
+                           pad_in_loss=bool(c.pad_in_loss))
+    except ValueError as err:
+        raise UserInputError(f"bad inner-loop config: {err}") from None
+
+
+def sft_config(c: Any) -> SftConfig:
+    return SftConfig(lora=lora_config(c), learning_rate=float(c.learning_rate), epochs=int(c.epochs),
+                     batch_size=int(c.batch_size), schedule=c.schedule, warmup_steps=int(c.warmup_steps),
+                     max_length=int(c.max_length), remat=bool(c.remat))
+
+
+def policy_sampling(model: LoadedModel, c: Any) -> SamplingConfig:
+    """Self-edit sampling settings (cfg.restem): temperature, top-p, max new tokens."""
+    return sampling_config(model.tokenizer, max_new=int(c.max_self_edit_tokens), temperature=float(c.temperature),
+                           top_p=float(c.top_p))
+
+
+def load(cfg: Any) -> LoadedModel:
+    if cfg.dtype not in DTYPES:
+        raise UserInputError(f"unknown dtype {cfg.dtype!r}: expected one of {sorted(DTYPES)}")
+    try:
+        return load_model(cfg.model, DTYPES[cfg.dtype])
+    except ValueError as err:
+        raise UserInputError(str(err).splitlines()[0]) from None
+
+
+def make_evaluator(model: LoadedModel, cfg: Any, max_new: int) -> Evaluator:
+    """The K-adapter evaluator on the configured mesh."""
+    mesh = sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+    engine = EngineConfig(inner=inner_config(cfg.inner), sampling=sampling_config(model.tokenizer, max_new=max_new),
+                          chunk_k=int(cfg.inner.chunk_k), warmup_steps=int(cfg.inner.warmup_steps))
+    return Evaluator(model, engine, mesh)
+
+
+def prepare_workdir(cfg: Any) -> Path:
+    """Creates the workdir and records the full config (resumes must use the same one)."""
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / "config.json"
+    current = json.loads(cfg.to_json())
+    if config_file.exists():
+        previous = json.loads(config_file.read_text())
+        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        if changed:
+            raise UserInputError(f"{workdir} holds a run with a different config (top-level keys {changed}); "
+                                 "use a new --config.workdir")
+    config_file.write_text(json.dumps(current, indent=1) + "\n")
+    return workdir

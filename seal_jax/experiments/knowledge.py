@@ -1,0 +1,165 @@
+"""Knowledge incorporation (SQuAD): ReST-EM with held-out baselines, and replay of external self-edits.
+
+`knowledge`: base (no update), passage only, round-0 self-edits, SEAL after R rounds, all on held-out passages.
+`knowledge_replay`: the paper's Table 2 layout for self-edit files in the reference's format (`completions`).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from seal_jax import report
+from seal_jax.domains.base import InnerHparams
+from seal_jax.domains.knowledge import data
+from seal_jax.domains.knowledge.domain import KnowledgeDomain
+from seal_jax.domains.knowledge.grading import OfflineGrader, OpenAIJudge
+from seal_jax.engine.checkpoint import Journal
+from seal_jax.engine.evaluator import Evaluator
+from seal_jax.engine.text import format_chat
+from seal_jax.errors import UserInputError
+from seal_jax.experiments import common
+from seal_jax.models.bundle import LoadedModel
+from seal_jax.restem import Item, RestemConfig, evaluate_items, run_restem, sample_self_edits, stable_seed
+
+
+def passages(cfg: Any) -> tuple[list[data.Passage], list[data.Passage]]:
+    """(train, eval) passages, seeded; from one pool (demo / one JSON) they are disjoint slices."""
+    d = cfg.data
+    try:
+        eval_pool = data.load_passages(d.eval_source, d.eval_split)
+        same = (d.train_source, d.train_split) == (d.eval_source, d.eval_split) or d.train_source == "demo"
+        train_pool = eval_pool if same else data.load_passages(d.train_source, d.train_split)
+    except (ValueError, OSError, ImportError) as err:
+        raise UserInputError(str(err).splitlines()[0]) from None
+    evals = data.select_passages(eval_pool, d.num_eval, d.selection_seed, d.eval_start)
+    start = d.eval_start + d.num_eval if train_pool is eval_pool else d.train_start
+    train = data.select_passages(train_pool, d.num_train, d.selection_seed, start)
+    if not train or not evals:
+        raise UserInputError(f"data selection is empty: {len(train)} train / {len(evals)} eval passages")
+    return train, evals
+
+
+def grader(cfg: Any) -> Any:
+    if cfg.eval.grader == "offline":
+        return OfflineGrader()
+    if cfg.eval.grader == "judge":
+        return OpenAIJudge(base_url=cfg.eval.judge_base_url, model=cfg.eval.judge_model,
+                           api_key_env=cfg.eval.judge_api_key_env)
+    raise UserInputError(f"unknown grader {cfg.eval.grader!r}: expected 'offline' or 'judge'")
+
+
+def make_domain(cfg: Any, model: LoadedModel, train: list, evals: list) -> KnowledgeDomain:
+    chat = functools.partial(format_chat, model.tokenizer) if cfg.domain.chat else None
+    hparams = InnerHparams(learning_rate=float(cfg.inner.learning_rate), epochs=int(cfg.inner.epochs),
+                           loss_on_all_tokens=True)
+    try:
+        return KnowledgeDomain(tuple(train), tuple(evals), prompt=cfg.domain.prompt, format_chat=chat,
+                               hparams=hparams, split_newlines=cfg.domain.split_newlines,
+                               add_context=cfg.domain.add_context, max_sequences=cfg.domain.max_sequences,
+                               grader=grader(cfg))
+    except (KeyError, ValueError) as err:
+        raise UserInputError(f"bad domain config: {err}") from None
+
+
+def accuracy(records: dict[str, dict[str, Any]], prefix: str) -> float:
+    """Macro accuracy: mean over passages of the mean reward of that passage's records under `prefix`."""
+    per_passage: dict[str, list[float]] = {}
+    for key, rec in records.items():
+        if key.startswith(prefix):
+            per_passage.setdefault(rec["context"], []).append(rec["reward"])
+    return float(np.mean([np.mean(v) for v in per_passage.values()])) if per_passage else float("nan")
+
+
+def evaluate_heldout(method: str, evaluator: Evaluator, domain: KnowledgeDomain, policy: LoadedModel,
+                     cfg: Any, journal: Journal) -> float:
+    """Held-out accuracy of one method: "base", "passage", or self-edits sampled from `policy` ("round0", "seal")."""
+    contexts = domain.contexts("eval")
+    n, seeds = int(cfg.eval.samples), int(cfg.eval.seeds)
+    if method in ("base", "passage"):
+        items = [Item(f"{method}/{c.id}/0/{s}", c, None,
+                      None if method == "base" else domain.passage_only_self_edit(c), stable_seed(cfg.seed, c.id, s))
+                 for c in contexts for s in range(seeds if method == "passage" else 1)]
+    else:
+        texts = sample_self_edits(policy, domain, contexts, n, common.policy_sampling(policy, cfg.restem), journal,
+                                  method, cfg.seed, int(cfg.restem.sample_batch))
+        items = [Item(f"{method}/{c.id}/{i}/{s}", c, texts[c.id, i], domain.parse_self_edit(c, texts[c.id, i]),
+                      stable_seed(cfg.seed, c.id, i, s)) for c in contexts for i in range(n) for s in range(seeds)]
+    records = evaluate_items(evaluator, domain, items, journal, f"held-out: {method}")
+    return accuracy(records, f"{method}/")
+
+
+def restem_config(cfg: Any, model: LoadedModel) -> RestemConfig:
+    r = cfg.restem
+    return RestemConfig(rounds=int(r.rounds), contexts_per_round=int(r.contexts_per_round),
+                        samples_per_context=int(r.samples_per_context), eval_seeds=int(r.eval_seeds),
+                        selection=r.selection, reward=r.reward, sampling=common.policy_sampling(model, r),
+                        sample_batch=int(r.sample_batch), sft=common.sft_config(cfg.sft), seed=int(cfg.seed))
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    """ReST-EM on the knowledge domain with the held-out table; writes results.json and results.png."""
+    workdir = common.prepare_workdir(cfg)
+    model = common.load(cfg)
+    writer = common.load(cfg.replace(model=cfg.writer_model)) if cfg.writer_model else model
+    train, evals = passages(cfg)
+    data.write_selection(workdir / "selection_train.json", train)
+    data.write_selection(workdir / "selection_eval.json", evals)
+    domain = make_domain(cfg, writer, train, evals)
+    evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
+    journal = Journal(workdir / "journal", "heldout")
+    rows = []
+    if cfg.eval.baselines:
+        rows += [("base (no update)", evaluate_heldout("base", evaluator, domain, model, cfg, journal), ""),
+                 ("passage only", evaluate_heldout("passage", evaluator, domain, model, cfg, journal), ""),
+                 ("round-0 self-edits", evaluate_heldout("round0", evaluator, domain, writer, cfg, journal),
+                  "no RL")]
+    policy, stats = run_restem(writer, domain, evaluator, restem_config(cfg, writer), str(workdir),
+                               {"config": cfg.to_json()}, policy_is_student=not cfg.writer_model)
+    rows.append((f"SEAL ({cfg.restem.rounds} rounds)",
+                 evaluate_heldout("seal", evaluator, domain, policy, cfg, journal), "ReST-EM"))
+    return finish(workdir, rows, stats, f"knowledge: {cfg.model}, {len(evals)} held-out passages")
+
+
+def finish(workdir: Path, rows: list[tuple[str, float, str]], stats: list[dict[str, Any]], title: str,
+           ) -> dict[str, Any]:
+    """Prints the table; writes results.json and results.png."""
+    table = report.format_table(rows, title)
+    print(table)
+    payload = {"title": title, "table": [{"method": m, "accuracy": a, "note": n} for m, a, n in rows],
+               "rounds": stats}
+    report.write_json(workdir / "results.json", payload)
+    report.plot_results(workdir / "results.png", rows, stats, title)
+    logging.info("wrote %s", workdir / "results.json")
+    return payload
+
+
+def replay(cfg: Any) -> dict[str, Any]:
+    """Evaluates given self-edit files (reference format) through the inner loop: the paper's Table 2 layout."""
+    workdir = common.prepare_workdir(cfg)
+    model = common.load(cfg)
+    files = {name: Path(cfg.replay.directory) / f"{name}_val.json" for name in common.targets(cfg.replay.names)}
+    try:
+        completions = {name: data.load_completions(path) for name, path in files.items()}
+        pool = data.load_json(next(iter(files.values())))
+    except (ValueError, OSError) as err:
+        raise UserInputError(str(err).splitlines()[0]) from None
+    evals = pool[: int(cfg.replay.num_passages)]
+    domain = make_domain(cfg, model, [], evals)
+    evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
+    journal = Journal(workdir / "journal", "replay")
+    records = evaluate_items(evaluator, domain, [Item(f"base/{c.id}", c, None, None, 0) for c in evals], journal,
+                             "replay: base")
+    rows = [("base (no update)", accuracy(records, "base/"), "")]
+    for name, by_id in completions.items():
+        items = [Item(f"{name}/{c.id}", c, by_id[c.id][0],
+                      domain.passage_only_self_edit(c) if not by_id[c.id][0].strip()
+                      else domain.parse_self_edit(c, by_id[c.id][0]), stable_seed(cfg.seed, name, c.id))
+                 for c in evals if c.id in by_id and by_id[c.id]]
+        records = evaluate_items(evaluator, domain, items, journal, f"replay: {name}")
+        rows.append((f"{name} self-edits", accuracy(records, f"{name}/"), Path(files[name]).name))
+    return finish(workdir, rows, [], f"replay: {cfg.model}, {len(evals)} passages, first completion each")

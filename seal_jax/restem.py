@@ -1,0 +1,223 @@
+"""ReST-EM, the outer loop of SEAL (Algorithm 1), domain-agnostic.
+
+Per round: sample N self-edits per context from the current policy (E-step sampling); apply each one with the inner
+loop (`eval_seeds` LoRA runs) and reward it by the adapted model's score; keep the best-of-N per context (or every
+positive one); SFT the policy on the kept (prompt, self-edit) pairs and merge (M-step). Every finished unit of work
+is journaled and every finished round checkpointed, so a killed run resumes where it stopped with the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+from tqdm import tqdm
+
+from seal_jax.domains.base import Domain, InnerHparams, Invalid, SelfEdit, TrainExample
+from seal_jax.engine.checkpoint import Journal, RoundCheckpoints
+from seal_jax.engine.evaluator import AdaptJob, Evaluator
+from seal_jax.engine.sampling import SamplingConfig
+from seal_jax.engine.sft import SftConfig, sft_policy
+from seal_jax.engine.text import generate_texts
+from seal_jax.models.bundle import LoadedModel
+from seal_jax.models.lora import merge_lora
+from seal_jax.models.transformer import init_lora
+
+
+@dataclasses.dataclass(frozen=True)
+class RestemConfig:
+    """Outer-loop settings; defaults are the reference's knowledge run (SEAL_REFERENCE.md §2.7)."""
+
+    rounds: int = 2
+    contexts_per_round: int = 50
+    samples_per_context: int = 5
+    eval_seeds: int = 3
+    selection: str = "best_of_n"
+    reward: str = "absolute"
+    sampling: SamplingConfig = SamplingConfig(max_new=8192, temperature=1.0, top_p=0.95)
+    sample_batch: int = 16
+    sft: SftConfig = SftConfig()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.selection not in ("best_of_n", "all_positive"):
+            raise ValueError(f"selection must be 'best_of_n' or 'all_positive', got {self.selection!r}")
+        if self.reward not in ("absolute", "gain"):
+            raise ValueError(f"reward must be 'absolute' or 'gain', got {self.reward!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One (context, self-edit, seed) evaluation; `parsed` None means the unadapted model (a baseline)."""
+
+    key: str
+    context: Any
+    text: str | None
+    parsed: SelfEdit | Invalid | None
+    seed: int
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 31-bit seed from any printable parts (stable across processes, unlike `hash`)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def sample_self_edits(policy: LoadedModel, domain: Domain, contexts: Sequence[Any], n: int,
+                      sampling: SamplingConfig, journal: Journal, tag: str, seed: int,
+                      batch: int) -> dict[tuple[str, int], str]:
+    """N self-edits per context from `policy`, in fixed batches journaled as `{tag}/sample/{ctx}/{i}`."""
+    pairs = [(c, i) for c in contexts for i in range(n)]
+    out: dict[tuple[str, int], str] = {}
+    starts = range(0, len(pairs), batch)
+    for start in tqdm(starts, desc=f"{tag}: sample self-edits", leave=False):
+        chunk = pairs[start:start + batch]
+        keys = [f"{tag}/sample/{c.id}/{i}" for c, i in chunk]
+        if not all(k in journal for k in keys):
+            prompts = [domain.self_edit_prompt(c) for c, _ in chunk]
+            texts = generate_texts(policy.tokenizer, policy.graphdef(), policy.base, None, prompts, sampling,
+                                   stable_seed(seed, tag, start))
+            for key, (c, i), text in zip(keys, chunk, texts):
+                journal.write({"key": key, "context": c.id, "sample": i, "text": text})
+        out.update({(c.id, i): journal.get(k)["text"] for k, (c, i) in zip(keys, chunk)})
+    return out
+
+
+def evaluate_items(evaluator: Evaluator, domain: Domain, items: Sequence[Item], journal: Journal,
+                   desc: str) -> dict[str, dict[str, Any]]:
+    """Applies and scores every item (chunk by chunk, journaled); an Invalid self-edit scores 0 untrained."""
+    records: dict[str, dict[str, Any]] = {}
+    runnable = []
+    for item in items:
+        if isinstance(item.parsed, Invalid):
+            if item.key not in journal:
+                journal.write({"key": item.key, "context": item.context.id, "self_edit": item.text, "reward": 0.0,
+                               "invalid": item.parsed.reason, "seed": item.seed})
+            records[item.key] = journal.get(item.key)
+        else:
+            runnable.append(item)
+    queries = {id(it): domain.eval_queries(it.context) for it in runnable}
+    jobs = [AdaptJob(examples=it.parsed.examples if it.parsed else (),
+                     hparams=it.parsed.hparams if it.parsed else _NO_TRAINING, seed=it.seed,
+                     queries=tuple(q.prompt for q in queries[id(it)])) for it in runnable]
+    plan = evaluator.plan(jobs)
+    k = evaluator.chunk_size(len(jobs))
+    for idx in tqdm(plan, desc=desc, leave=False):
+        chunk = [runnable[i] for i in idx]
+        if not all(it.key in journal for it in chunk):
+            results = evaluator.run_chunk([jobs[i] for i in idx], k)
+            for it, res in zip(chunk, results):
+                score = domain.score(it.context, queries[id(it)], res.answers)
+                reward = 0.0 if res.nonfinite else score.reward
+                journal.write({"key": it.key, "context": it.context.id, "self_edit": it.text, "seed": it.seed,
+                               "n_sequences": len(it.parsed.examples) if it.parsed else 0, "reward": reward,
+                               "nonfinite": res.nonfinite, "final_loss": res.losses[-1] if res.losses else None,
+                               **score.details})
+        records.update({it.key: journal.get(it.key) for it in chunk})
+    return records
+
+
+_NO_TRAINING = InnerHparams(learning_rate=0.0, epochs=0)
+
+
+def round_contexts(contexts: Sequence[Any], round_: int, per_round: int) -> list[Any]:
+    """Round r's contexts: the r-th block of `per_round` (the reference used new passages each round),
+    wrapping around when the pool is smaller than rounds × per_round."""
+    if not contexts:
+        raise ValueError("no training contexts")
+    return [contexts[(round_ * per_round + j) % len(contexts)] for j in range(min(per_round, len(contexts)))]
+
+
+def select(rewards: dict[tuple[str, int], float], cfg: RestemConfig) -> list[tuple[str, int]]:
+    """Kept (context id, sample) pairs: best-of-N per context (ties -> first; no threshold) or all positive."""
+    if cfg.selection == "all_positive":
+        return [key for key, r in rewards.items() if r > 0]
+    best: dict[str, tuple[str, int]] = {}
+    for key, r in rewards.items():
+        if key[0] not in best or r > rewards[best[key[0]]]:
+            best[key[0]] = key
+    return list(best.values())
+
+
+def restore_policy(initial: LoadedModel, checkpoints: RoundCheckpoints, sft: SftConfig,
+                   rounds: int) -> LoadedModel:
+    """The policy after `rounds` finished rounds: the saved round adapters merged in order."""
+    policy = initial
+    template = init_lora(initial.config, sft.lora, jax.random.key(0))
+    for r in range(1, rounds + 1):
+        state, _ = checkpoints.restore(r)
+        adapter = jax.tree.map(lambda x: x, template)
+        nnx.replace_by_pure_dict(adapter, state["adapter"])
+        policy = policy.with_base(merge_lora(policy.base, adapter, sft.lora))
+    return policy
+
+
+def run_restem(policy: LoadedModel, domain: Domain, evaluator: Evaluator, cfg: RestemConfig, workdir: str,
+               meta: dict[str, Any], *, policy_is_student: bool = True,
+               on_round: Callable[[int, dict[str, Any]], None] | None = None,
+               ) -> tuple[LoadedModel, list[dict[str, Any]]]:
+    """Runs (or resumes) `cfg.rounds` ReST-EM rounds; returns the final policy and per-round statistics.
+
+    With `policy_is_student` (the reference's setup) the model that writes self-edits is also the one they adapt:
+    `evaluator` holds its weights and follows every M-step. Otherwise (teacher-student) the evaluator keeps its
+    fixed student model and only the writer `policy` is trained.
+    """
+    checkpoints = RoundCheckpoints(workdir)
+    done = checkpoints.latest_round()
+    if done:
+        logging.info("resuming after round %d", done)
+        policy = restore_policy(policy, checkpoints, cfg.sft, done)
+        if policy_is_student:
+            evaluator.set_base(policy.base)
+    stats = [checkpoints.restore(r)[1]["stats"] for r in range(1, done + 1)]
+    train = domain.contexts("train")
+    for r in range(done, cfg.rounds):
+        journal = Journal(f"{workdir}/journal", f"round_{r}")
+        contexts = round_contexts(train, r, cfg.contexts_per_round)
+        texts = sample_self_edits(policy, domain, contexts, cfg.samples_per_context, cfg.sampling, journal,
+                                  f"round_{r}", cfg.seed, cfg.sample_batch)
+        items = [Item(f"round_{r}/eval/{c.id}/{i}/{s}", c, texts[c.id, i], domain.parse_self_edit(c, texts[c.id, i]),
+                      stable_seed(cfg.seed, r, c.id, i, s))
+                 for c in contexts for i in range(cfg.samples_per_context) for s in range(cfg.eval_seeds)]
+        if cfg.reward == "gain":
+            items += [Item(f"round_{r}/base/{c.id}", c, None, None, 0) for c in contexts]
+        records = evaluate_items(evaluator, domain, items, journal, f"round {r}: adapt + evaluate")
+        rewards = {(c.id, i): float(np.mean([records[f"round_{r}/eval/{c.id}/{i}/{s}"]["reward"]
+                                             for s in range(cfg.eval_seeds)]))
+                   for c in contexts for i in range(cfg.samples_per_context)}
+        base_scores = ({c.id: records[f"round_{r}/base/{c.id}"]["reward"] for c in contexts}
+                       if cfg.reward == "gain" else {})
+        if base_scores:
+            rewards = {key: v - base_scores[key[0]] for key, v in rewards.items()}
+        kept = select(rewards, cfg)
+        by_id = {c.id: c for c in contexts}
+        pairs = [TrainExample(domain.self_edit_prompt(by_id[cid]), texts[cid, i]) for cid, i in kept]
+        round_stats = {
+            "round": r + 1,
+            "mean_reward": float(np.mean(list(rewards.values()))),
+            "mean_best_reward": float(np.mean([max(v for (c, _), v in rewards.items() if c == cid)
+                                               for cid in by_id])),
+            "invalid": sum(isinstance(it.parsed, Invalid) for it in items),
+            "kept": len(pairs),
+        }
+        if pairs:
+            result = sft_policy(policy, pairs, cfg.sft, stable_seed(cfg.seed, "sft", r))
+            policy, adapter = result.policy, result.adapter.to_pure_dict()
+            round_stats["sft_loss_first_last"] = [result.losses[0], result.losses[-1]]
+        else:
+            logging.warning("round %d kept no self-edit: the policy is unchanged", r + 1)
+            adapter = init_lora(policy.config, cfg.sft.lora, jax.random.key(0)).to_pure_dict()  # B = 0: no-op
+        if policy_is_student:
+            evaluator.set_base(policy.base)
+        checkpoints.save(r + 1, adapter, jax.random.key(stable_seed(cfg.seed, "rng", r + 1)),
+                         {**meta, "stats": round_stats, "kept": [list(k) for k in kept]})
+        stats.append(round_stats)
+        logging.info("round %d: %s", r + 1, round_stats)
+        if on_round:
+            on_round(r + 1, round_stats)
+    return policy, stats

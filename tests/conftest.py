@@ -1,0 +1,17 @@
+"""Shared fixtures: a tiny random Llama (2 layers, hidden 64) with a byte-level tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+
+from seal_jax.models.bundle import LoadedModel, load_model
+
+
+@pytest.fixture(scope="session")
+def tiny() -> LoadedModel:
+    return load_model("tiny-random-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen() -> LoadedModel:
+    return load_model("tiny-random-qwen2")
