@@ -1,0 +1,19 @@
+"""Replays given self-edit files through the inner loop (the paper's Table 2 layout) for any model.
+
+Default: the reference's Qwen2.5-7B self-edits (naive = passage only, base, iter2 = SEAL, gpt4_1) on their first
+`num_passages` validation passages, the first completion each, with the embedded SmolLM2 as the adapted model:
+  python -m seal_jax.main --config configs/knowledge_replay.py \
+      --config.replay.directory=../shared/data/seal_reference/knowledge/self_edits --config.replay.num_passages=50
+"""
+
+from seal_jax import defaults
+
+
+def get_config():
+    cfg = defaults.knowledge()
+    cfg.experiment = "knowledge_replay"
+    cfg.workdir = "runs/knowledge_replay"
+    cfg.domain.chat = True
+    cfg.replay.directory = "../shared/data/seal_reference/knowledge/self_edits"
+    cfg.replay.num_passages = 50
+    return cfg
