@@ -188,16 +188,16 @@ class Transformer(nnx.Module):
                  remat: bool = False) -> tuple[Array, KVCache | None]:
         """tokens, positions: int [B, T] -> hidden [B, T, D] and the updated cache."""
         cfg = self.config
-        weights = {k: v.value for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+        weights = {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
         lora: dict[str, tuple[Array, Array]] = {}
         scale = 0.0
         if self.lora_config is not None:
             scale = self.lora_config.scale
-            lora = {t: (getattr(self.lora, t).a.value, getattr(self.lora, t).b.value)
+            lora = {t: (getattr(self.lora, t).a[...], getattr(self.lora, t).b[...])
                     for t in self.lora_config.targets}
         angles = positions[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(cfg))
         angles = jnp.concatenate([angles, angles], axis=-1)
-        x = self.embed.value[tokens]
+        x = self.embed[...][tokens]
         cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
 
         def body(x: Array, layer: tuple) -> tuple[Array, Any]:
@@ -210,11 +210,11 @@ class Transformer(nnx.Module):
         kv_in = None if cache is None else (cache.k, cache.v)
         x, kv_out = jax.lax.scan(body, x, (weights, lora, kv_in))
         new_cache = None if cache is None else KVCache(*kv_out)
-        return rms_norm(x, self.final_norm.value, cfg.rms_norm_eps), new_cache
+        return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), new_cache
 
     def head(self) -> Array:
         """The output projection [D, V] (the transposed embedding when tied)."""
-        return self.embed.value.T if self.config.tie_word_embeddings else self.lm_head.value
+        return self.embed[...].T if self.config.tie_word_embeddings else self.lm_head[...]
 
     def forward_logits(self, tokens: Array) -> Array:
         """Full-sequence logits: int [B, T] -> f32 [B, T, V] (tests and small batches only)."""
