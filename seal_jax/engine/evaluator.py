@@ -82,8 +82,9 @@ class Evaluator:
         for ex in job.examples:
             key = (ex, job.hparams.loss_on_all_tokens)
             if key not in self._encoded:
-                self._encoded[key] = encode_example(self.model.tokenizer, ex, job.hparams.loss_on_all_tokens,
-                                                    self.cfg.inner.max_length)
+                self._encoded[key] = encode_example(
+                    self.model.tokenizer, ex, job.hparams.loss_on_all_tokens, self.cfg.inner.max_length
+                )
             out.append(self._encoded[key])
         return out
 
@@ -96,10 +97,14 @@ class Evaluator:
 
         The plan depends only on `jobs`, so a resumed run recomputes exactly the same chunks (same numbers).
         """
-        order = sorted(range(len(jobs)), key=lambda i: steps_for(len(jobs[i].examples), jobs[i].hparams.epochs,
-                                                                 self.cfg.inner.batch_size))
-        return [order[start:start + self.chunk_size(len(jobs))]
-                for start in range(0, len(order), self.chunk_size(len(jobs)))]
+        order = sorted(
+            range(len(jobs)),
+            key=lambda i: steps_for(len(jobs[i].examples), jobs[i].hparams.epochs, self.cfg.inner.batch_size),
+        )
+        return [
+            order[start : start + self.chunk_size(len(jobs))]
+            for start in range(0, len(order), self.chunk_size(len(jobs)))
+        ]
 
     def chunk_size(self, num_jobs: int) -> int:
         """Adapters per call: `chunk_k`, or fewer for small job lists (a multiple of the `data` axis)."""
@@ -110,7 +115,9 @@ class Evaluator:
         """Adapts and evaluates every job; results in the order of `jobs`."""
         results: dict[int, AdaptResult] = {}
         for idx in self.plan(jobs):
-            results.update(zip(idx, self.run_chunk([jobs[i] for i in idx], self.chunk_size(len(jobs)))))
+            results.update(
+                zip(idx, self.run_chunk([jobs[i] for i in idx], self.chunk_size(len(jobs))), strict=True)
+            )
         return [results[i] for i in range(len(jobs))]
 
     def run_chunk(self, jobs: list[AdaptJob], k: int) -> list[AdaptResult]:
@@ -118,10 +125,18 @@ class Evaluator:
         padded = jobs + [dataclasses.replace(jobs[0], examples=(), seed=0)] * (k - len(jobs))
         tok = self.model.tokenizer
         encoded = [self.encode(j) for j in padded]
-        batches, steps = build_step_batches(encoded, [j.hparams.epochs for j in padded],
-                                            [j.seed for j in padded], self.cfg.inner, pad_id=pad_id(tok))
-        hparams = AdapterHparams(jnp.asarray([j.hparams.learning_rate for j in padded], jnp.float32),
-                                 jnp.asarray(steps), jnp.full((k,), self.cfg.warmup_steps, jnp.int32))
+        batches, steps = build_step_batches(
+            encoded,
+            [j.hparams.epochs for j in padded],
+            [j.seed for j in padded],
+            self.cfg.inner,
+            pad_id=pad_id(tok),
+        )
+        hparams = AdapterHparams(
+            jnp.asarray([j.hparams.learning_rate for j in padded], jnp.float32),
+            jnp.asarray(steps),
+            jnp.full((k,), self.cfg.warmup_steps, jnp.int32),
+        )
         keys = jnp.stack([jax.random.key(j.seed) for j in padded])
         lora0 = init_lora_k(self.model.config, self.cfg.inner.lora, keys)
         if steps.max() == 0:  # nothing to train (baselines): fresh adapters are the base model
@@ -134,23 +149,32 @@ class Evaluator:
         answers = self.answer(lora, [list(j.queries) for j in padded], [j.seed for j in padded])
         if nonfinite[: len(jobs)].any():
             logging.warning("%d adapter(s) hit a non-finite loss and were frozen", int(nonfinite.sum()))
-        return [AdaptResult(answers[i], losses[i, : steps[i]].tolist(), bool(nonfinite[i]))
-                for i in range(len(jobs))]
+        return [
+            AdaptResult(answers[i], losses[i, : steps[i]].tolist(), bool(nonfinite[i]))
+            for i in range(len(jobs))
+        ]
 
     def answer(self, lora_k, queries_k: list[list[str]], seeds: list[int]) -> list[list[str]]:
         """K adapted models (leading K axis, K = chunk size) answer their own queries in one call."""
         cfg, tok = self.cfg.sampling, self.model.tokenizer
         rows = max(1, max(len(q) for q in queries_k))
-        encoded = [encode_prompts(tok, (q or [""]) + [(q or [""])[0]] * (rows - len(q or [""])))
-                   for q in queries_k]
+        encoded = [
+            encode_prompts(tok, (q or [""]) + [(q or [""])[0]] * (rows - len(q or [""]))) for q in queries_k
+        ]
         longest = max(len(ids) for e in encoded for ids in e)
         width = -(-longest // cfg.prompt_bucket) * cfg.prompt_bucket
         padded = [pad_prompts(e, cfg, width) for e in encoded]
         keys = jnp.stack([jax.random.key(s) for s in seeds])
         t0 = time.perf_counter()
-        out, n = self._generate(self.base, lora_k, jnp.asarray(np.stack([p[0] for p in padded])),
-                                jnp.asarray(np.stack([p[1] for p in padded])), keys)
+        out, n = self._generate(
+            self.base,
+            lora_k,
+            jnp.asarray(np.stack([p[0] for p in padded])),
+            jnp.asarray(np.stack([p[1] for p in padded])),
+            keys,
+        )
         out, n = np.asarray(out), np.asarray(n)
         self.timings["generate_s"] += time.perf_counter() - t0
-        return [decode_outputs(tok, out[i], n[i], cfg.eos_ids)[: len(queries_k[i])] for i in range(len(queries_k))]
-
+        return [
+            decode_outputs(tok, out[i], n[i], cfg.eos_ids)[: len(queries_k[i])] for i in range(len(queries_k))
+        ]

@@ -55,7 +55,9 @@ class InnerConfig:
 
     def __post_init__(self) -> None:
         if self.length_bucket % self.loss_chunk:
-            raise ValueError(f"length_bucket={self.length_bucket} must be a multiple of loss_chunk={self.loss_chunk}")
+            raise ValueError(
+                f"length_bucket={self.length_bucket} must be a multiple of loss_chunk={self.loss_chunk}"
+            )
         if self.pad_in_loss and self.pad_to is None:
             raise ValueError("pad_in_loss needs pad_to (the reference pads every sequence to a fixed length)")
 
@@ -98,8 +100,9 @@ class EncodedExample:
     mask: np.ndarray
 
 
-def encode_example(tokenizer: Any, example: TrainExample, loss_on_all_tokens: bool,
-                   max_length: int) -> EncodedExample:
+def encode_example(
+    tokenizer: Any, example: TrainExample, loss_on_all_tokens: bool, max_length: int
+) -> EncodedExample:
     """Tokenizes `prompt + completion` (+ EOS) with the loss on the completion (or on everything).
 
     The split is by text, so no special-token ids are hard-coded. A BOS token is prepended only if the tokenizer
@@ -128,23 +131,30 @@ def steps_for(num_examples: int, epochs: int, batch_size: int) -> int:
     return epochs * math.ceil(num_examples / batch_size)
 
 
-def build_step_batches(adapters: Sequence[Sequence[EncodedExample]], epochs: Sequence[int],
-                       seeds: Sequence[int], cfg: InnerConfig, pad_id: int,
-                       num_steps_to: int | None = None) -> tuple[StepBatches, np.ndarray]:
+def build_step_batches(
+    adapters: Sequence[Sequence[EncodedExample]],
+    epochs: Sequence[int],
+    seeds: Sequence[int],
+    cfg: InnerConfig,
+    pad_id: int,
+    num_steps_to: int | None = None,
+) -> tuple[StepBatches, np.ndarray]:
     """Lays out K adapters' examples as `[K, S, B, T]` step batches; examples are reshuffled every epoch (seeded).
 
     Returns the batches and the real step count per adapter [K]. S is the longest adapter's step count rounded up
     to `step_bucket` (or `num_steps_to`), T the longest sequence rounded up to `length_bucket` (or `pad_to`).
     """
-    steps = np.array([steps_for(len(ex), e, cfg.batch_size) if ex else 0 for ex, e in zip(adapters, epochs)],
-                     np.int32)
+    steps = np.array(
+        [steps_for(len(ex), e, cfg.batch_size) if ex else 0 for ex, e in zip(adapters, epochs, strict=True)],
+        np.int32,
+    )
     longest = max((len(x.ids) for ex in adapters for x in ex), default=1)
     t = cfg.pad_to if cfg.pad_to is not None else round_up(longest, cfg.length_bucket)
     s = num_steps_to or round_up(int(steps.max(initial=1)), cfg.step_bucket)
     k, b = len(adapters), cfg.batch_size
     tokens = np.full((k, s, b, t), pad_id, np.int32)
     mask = np.zeros((k, s, b, t), np.float32)
-    for i, (examples, n_epochs, seed) in enumerate(zip(adapters, epochs, seeds)):
+    for i, (examples, n_epochs, seed) in enumerate(zip(adapters, epochs, seeds, strict=True)):
         rng = np.random.default_rng(seed)
         order = [j for _ in range(n_epochs if examples else 0) for j in _epoch_order(rng, len(examples), b)]
         for flat, j in enumerate(order):
@@ -155,7 +165,7 @@ def build_step_batches(adapters: Sequence[Sequence[EncodedExample]], epochs: Seq
             tokens[i, step, row, : len(ex.ids)] = ex.ids
             mask[i, step, row, : len(ex.ids)] = ex.mask
             if cfg.pad_in_loss:
-                mask[i, step, row, len(ex.ids):] = 1.0
+                mask[i, step, row, len(ex.ids) :] = 1.0
     active = np.arange(s)[None, :] < steps[:, None]
     return StepBatches(tokens, mask, active), steps
 
@@ -182,13 +192,21 @@ def learning_rate_at(step: Array, hp: AdapterHparams, schedule: str) -> Array:
 
 def _optimizer(cfg: InnerConfig) -> optax.GradientTransformation:
     """AdamW without the learning rate (applied per adapter by `learning_rate_at`)."""
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),
-                       optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
-                       optax.add_decayed_weights(cfg.weight_decay))
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.max_grad_norm),
+        optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+        optax.add_decayed_weights(cfg.weight_decay),
+    )
 
 
-def mean_token_loss(lora: nnx.State, base: nnx.State, graphdef: nnx.GraphDef, tokens: Array, loss_mask: Array,
-                    cfg: InnerConfig) -> Array:
+def mean_token_loss(
+    lora: nnx.State,
+    base: nnx.State,
+    graphdef: nnx.GraphDef,
+    tokens: Array,
+    loss_mask: Array,
+    cfg: InnerConfig,
+) -> Array:
     """Mean next-token NLL over the masked targets of one batch. tokens, loss_mask: [B, T]."""
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     hidden, _, head = forward(graphdef, base, lora, tokens, positions, remat=cfg.remat)
@@ -200,8 +218,15 @@ def _where_tree(pred: Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-def adapt(lora0: nnx.State, base: nnx.State, batches: StepBatches, hparams: AdapterHparams, *,
-          graphdef: nnx.GraphDef, cfg: InnerConfig) -> tuple[nnx.State, AdaptStats]:
+def adapt(
+    lora0: nnx.State,
+    base: nnx.State,
+    batches: StepBatches,
+    hparams: AdapterHparams,
+    *,
+    graphdef: nnx.GraphDef,
+    cfg: InnerConfig,
+) -> tuple[nnx.State, AdaptStats]:
     """LoRA SFT of one adapter: a scan over S steps ([S, B, T] batches). Non-finite loss/grads freeze it."""
     tx = _optimizer(cfg)
     grad_fn = jax.value_and_grad(mean_token_loss)
@@ -210,19 +235,25 @@ def adapt(lora0: nnx.State, base: nnx.State, batches: StepBatches, hparams: Adap
         lora, opt_state, frozen = carry
         tokens, loss_mask, active, i = xs
         loss, grads = grad_fn(lora, base, graphdef, tokens, loss_mask, cfg)
-        finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        )
         updates, new_opt_state = tx.update(grads, opt_state, lora)
         lr = learning_rate_at(i, hparams, cfg.schedule)
         new_lora = jax.tree.map(lambda p, u: p - lr * u, lora, updates)
         apply = active & finite & ~frozen
-        carry = (_where_tree(apply, new_lora, lora), _where_tree(apply, new_opt_state, opt_state),
-                 frozen | (active & ~finite))
+        carry = (
+            _where_tree(apply, new_lora, lora),
+            _where_tree(apply, new_opt_state, opt_state),
+            frozen | (active & ~finite),
+        )
         return carry, jnp.where(active, loss, 0.0)
 
     steps = jnp.arange(batches.tokens.shape[0])
     init = (lora0, tx.init(lora0), jnp.zeros((), bool))
-    (lora, _, frozen), losses = jax.lax.scan(step, init,
-                                             (batches.tokens, batches.loss_mask, batches.active, steps))
+    (lora, _, frozen), losses = jax.lax.scan(
+        step, init, (batches.tokens, batches.loss_mask, batches.active, steps)
+    )
     return lora, AdaptStats(losses, frozen)
 
 
@@ -233,7 +264,14 @@ def vmapped_adapt(graphdef: nnx.GraphDef, cfg: InnerConfig, spmd_axis_name: str 
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"), donate_argnums=(0,))
-def adapt_k(lora0: nnx.State, base: nnx.State, batches: StepBatches, hparams: AdapterHparams, *,
-            graphdef: nnx.GraphDef, cfg: InnerConfig) -> tuple[nnx.State, AdaptStats]:
+def adapt_k(
+    lora0: nnx.State,
+    base: nnx.State,
+    batches: StepBatches,
+    hparams: AdapterHparams,
+    *,
+    graphdef: nnx.GraphDef,
+    cfg: InnerConfig,
+) -> tuple[nnx.State, AdaptStats]:
     """jit(vmap(adapt)) on the default device placement (see `sharding.sharded_adapt_k` for a mesh)."""
     return vmapped_adapt(graphdef, cfg)(lora0, base, batches, hparams)

@@ -15,7 +15,7 @@ def chunked_nll_sum(hidden: Array, head: Array, targets: Array, mask: Array, chu
     mask: [B, T] weights (0 where no loss). T must be a multiple of `chunk` (batches are bucketed so it is).
     Each chunk's [B, chunk, V] logits are rematerialized in the backward pass instead of stored.
     """
-    b, t, d = hidden.shape
+    b, t, _d = hidden.shape
     chunk = min(chunk, t)
     n = t // chunk
 
@@ -29,8 +29,9 @@ def chunked_nll_sum(hidden: Array, head: Array, targets: Array, mask: Array, chu
         return total + chunk_nll(*xs), None
 
     split = lambda x: jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)
-    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32),
-                            (split(hidden), split(targets), split(mask.astype(jnp.float32))))
+    total, _ = jax.lax.scan(
+        body, jnp.zeros((), jnp.float32), (split(hidden), split(targets), split(mask.astype(jnp.float32)))
+    )
     return total
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,8 +47,16 @@ def sample_token(logits: Array, key: Array, cfg: SamplingConfig) -> Array:
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-def generate(base: nnx.State, lora: nnx.State | None, prompts: Array, prompt_lens: Array, key: Array, *,
-             graphdef: nnx.GraphDef, cfg: SamplingConfig) -> tuple[Array, Array]:
+def generate(
+    base: nnx.State,
+    lora: nnx.State | None,
+    prompts: Array,
+    prompt_lens: Array,
+    key: Array,
+    *,
+    graphdef: nnx.GraphDef,
+    cfg: SamplingConfig,
+) -> tuple[Array, Array]:
     """Decodes continuations of right-padded prompts.
 
     prompts: int32 [B, P]; prompt_lens: int32 [B] (>= 1) -> (tokens int32 [B, max_new] padded with pad_id after
@@ -90,15 +99,26 @@ generate_jit = jax.jit(generate, static_argnames=("graphdef", "cfg"))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
-def generate_k(base: nnx.State, lora: nnx.State, prompts: Array, prompt_lens: Array, keys: Array, *,
-               graphdef: nnx.GraphDef, cfg: SamplingConfig) -> tuple[Array, Array]:
+def generate_k(
+    base: nnx.State,
+    lora: nnx.State,
+    prompts: Array,
+    prompt_lens: Array,
+    keys: Array,
+    *,
+    graphdef: nnx.GraphDef,
+    cfg: SamplingConfig,
+) -> tuple[Array, Array]:
     """`generate` vmapped over K adapters: lora leaves [K, ...], prompts [K, B, P], prompt_lens [K, B], keys [K]."""
     fn = functools.partial(generate, graphdef=graphdef, cfg=cfg)
     return jax.vmap(fn, in_axes=(None, 0, 0, 0, 0))(base, lora, prompts, prompt_lens, keys)
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], cfg: SamplingConfig, width: int | None = None,
-                ) -> tuple[np.ndarray, np.ndarray]:
+def pad_prompts(
+    prompts: Sequence[Sequence[int]],
+    cfg: SamplingConfig,
+    width: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Right-pads token lists into int32 [B, P] (P = bucketed longest, or `width`) and lengths [B]."""
     lens = np.array([len(p) for p in prompts], np.int32)
     if lens.size and lens.min() < 1:

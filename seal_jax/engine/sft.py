@@ -47,16 +47,35 @@ class SftResult:
 
 def sft_policy(policy: LoadedModel, pairs: Sequence[TrainExample], cfg: SftConfig, seed: int) -> SftResult:
     """Fine-tunes a fresh LoRA on `pairs` (loss on completions only) and returns the merged policy."""
-    inner = InnerConfig(lora=cfg.lora, batch_size=cfg.batch_size, schedule=cfg.schedule, max_length=cfg.max_length,
-                        remat=cfg.remat, step_bucket=1)
-    encoded = [encode_example(policy.tokenizer, p, loss_on_all_tokens=False, max_length=cfg.max_length)
-               for p in pairs]
-    batches, steps = build_step_batches([encoded], [cfg.epochs], [seed], inner, pad_id=pad_id(policy.tokenizer))
-    hparams = AdapterHparams(jnp.asarray([cfg.learning_rate], jnp.float32), jnp.asarray(steps),
-                             jnp.asarray([cfg.warmup_steps], jnp.int32))
+    inner = InnerConfig(
+        lora=cfg.lora,
+        batch_size=cfg.batch_size,
+        schedule=cfg.schedule,
+        max_length=cfg.max_length,
+        remat=cfg.remat,
+        step_bucket=1,
+    )
+    encoded = [
+        encode_example(policy.tokenizer, p, loss_on_all_tokens=False, max_length=cfg.max_length)
+        for p in pairs
+    ]
+    batches, steps = build_step_batches(
+        [encoded], [cfg.epochs], [seed], inner, pad_id=pad_id(policy.tokenizer)
+    )
+    hparams = AdapterHparams(
+        jnp.asarray([cfg.learning_rate], jnp.float32),
+        jnp.asarray(steps),
+        jnp.asarray([cfg.warmup_steps], jnp.int32),
+    )
     lora0 = init_lora_k(policy.config, cfg.lora, jax.random.key(seed)[None])
-    lora, stats = adapt_k(lora0, policy.base, jax.tree.map(jnp.asarray, batches), hparams,
-                          graphdef=policy.graphdef(cfg.lora), cfg=inner)
+    lora, stats = adapt_k(
+        lora0,
+        policy.base,
+        jax.tree.map(jnp.asarray, batches),
+        hparams,
+        graphdef=policy.graphdef(cfg.lora),
+        cfg=inner,
+    )
     if bool(np.asarray(stats.nonfinite)[0]):
         raise FloatingPointError("the M-step hit a non-finite loss; the policy is left unchanged")
     adapter = jax.tree.map(lambda x: x[0], lora)

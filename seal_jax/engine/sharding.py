@@ -52,14 +52,14 @@ def make_mesh(cfg: MeshConfig = MeshConfig(), devices: list | None = None) -> Me
     known = int(np.prod([s for s in sizes if s != -1]))
     sizes = [len(devices) // known if s == -1 else s for s in sizes]
     if int(np.prod(sizes)) != len(devices):
-        raise ValueError(f"mesh {dict(zip(AXES, sizes))} does not match {len(devices)} devices")
+        raise ValueError(f"mesh {dict(zip(AXES, sizes, strict=True))} does not match {len(devices)} devices")
     return jax.make_mesh(tuple(sizes), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
 def _fit(mesh: Mesh, shape: tuple[int, ...], axes: tuple[str | None, ...]) -> PartitionSpec:
     """Logical axes -> PartitionSpec, replicating any dim the mesh axis size does not divide."""
     spec = []
-    for dim, logical in zip(shape, axes):
+    for dim, logical in zip(shape, axes, strict=False):
         mesh_axis = LOGICAL_TO_MESH.get(logical) if logical else None
         ok = mesh_axis is not None and dim % mesh.shape[mesh_axis] == 0
         spec.append(mesh_axis if ok else None)
@@ -96,15 +96,20 @@ def sharded_adapt_k(mesh: Mesh, graphdef: nnx.GraphDef, cfg: InnerConfig, base: 
     Build it once per run (it is a compiled-function cache); the adapter input is donated.
     """
     k_axis = adapter_sharding(mesh)
-    return jax.jit(vmapped_adapt(graphdef, cfg, spmd_axis_name="data"),
-                   in_shardings=(k_axis, base_shardings(mesh, base), k_axis, k_axis),
-                   out_shardings=k_axis, donate_argnums=(0,))
+    return jax.jit(
+        vmapped_adapt(graphdef, cfg, spmd_axis_name="data"),
+        in_shardings=(k_axis, base_shardings(mesh, base), k_axis, k_axis),
+        out_shardings=k_axis,
+        donate_argnums=(0,),
+    )
 
 
 def sharded_generate_k(mesh: Mesh, graphdef: nnx.GraphDef, cfg: SamplingConfig, base: nnx.State) -> Callable:
     """generate_k on `mesh`: `(base, lora_k, prompts [K,B,P], lens [K,B], keys [K]) -> (tokens, lengths)`."""
     k_axis = adapter_sharding(mesh)
     fn = functools.partial(generate, graphdef=graphdef, cfg=cfg)
-    return jax.jit(jax.vmap(fn, in_axes=(None, 0, 0, 0, 0), spmd_axis_name="data"),
-                   in_shardings=(base_shardings(mesh, base), k_axis, k_axis, k_axis, k_axis),
-                   out_shardings=k_axis)
+    return jax.jit(
+        jax.vmap(fn, in_axes=(None, 0, 0, 0, 0), spmd_axis_name="data"),
+        in_shardings=(base_shardings(mesh, base), k_axis, k_axis, k_axis, k_axis),
+        out_shardings=k_axis,
+    )

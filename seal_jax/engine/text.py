@@ -50,25 +50,34 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
 def decode_outputs(tokenizer: Any, tokens: np.ndarray, lengths: np.ndarray, stop: Sequence[int]) -> list[str]:
     """tokens [B, N], lengths [B] -> texts without stop tokens."""
     texts = []
-    for row, n in zip(np.asarray(tokens), np.asarray(lengths)):
+    for row, n in zip(np.asarray(tokens), np.asarray(lengths), strict=True):
         ids = [int(t) for t in row[: int(n)] if int(t) not in stop]
         texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
     return texts
 
 
-def generate_texts(tokenizer: Any, graphdef: nnx.GraphDef, base: nnx.State, lora: nnx.State | None,
-                   prompts: Sequence[str], cfg: SamplingConfig, seed: int = 0) -> list[str]:
+def generate_texts(
+    tokenizer: Any,
+    graphdef: nnx.GraphDef,
+    base: nnx.State,
+    lora: nnx.State | None,
+    prompts: Sequence[str],
+    cfg: SamplingConfig,
+    seed: int = 0,
+) -> list[str]:
     """One model (optionally one adapter) answers `prompts` in one batch."""
     toks, lens = pad_prompts(encode_prompts(tokenizer, prompts), cfg)
-    out, n = generate_jit(base, lora, jnp.asarray(toks), jnp.asarray(lens), jax.random.key(seed),
-                          graphdef=graphdef, cfg=cfg)
+    out, n = generate_jit(
+        base, lora, jnp.asarray(toks), jnp.asarray(lens), jax.random.key(seed), graphdef=graphdef, cfg=cfg
+    )
     return decode_outputs(tokenizer, out, n, cfg.eos_ids)
 
 
 def end_of_turn_text(tokenizer: Any) -> str:
     """The text the chat template puts right after an assistant message (e.g. "<|im_end|>", "<|eot_id|>")."""
     marker = "\u2063SEAL\u2063"
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "x"},
-                                              {"role": "assistant", "content": marker}], tokenize=False)
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}], tokenize=False
+    )
     tail = rendered.split(marker, 1)[1]
     return tail.split("\n", 1)[0] if tail.strip() else (tokenizer.eos_token or "")

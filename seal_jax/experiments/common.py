@@ -22,7 +22,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def targets(spec: str) -> tuple[str, ...]:
-    """"q,v" -> ("q", "v")."""
+    """ "q,v" -> ("q", "v")."""
     return tuple(t.strip() for t in spec.split(",") if t.strip())
 
 
@@ -36,24 +36,42 @@ def lora_config(c: Any) -> LoraConfig:
 def inner_config(c: Any) -> InnerConfig:
     """cfg.inner -> InnerConfig (pad_to 0 = bucketed lengths, the default)."""
     try:
-        return InnerConfig(lora=lora_config(c), batch_size=int(c.batch_size), schedule=c.schedule,
-                           max_length=int(c.max_length), length_bucket=int(c.length_bucket),
-                           loss_chunk=int(c.loss_chunk), remat=bool(c.remat), pad_to=int(c.pad_to) or None,
-                           pad_in_loss=bool(c.pad_in_loss))
+        return InnerConfig(
+            lora=lora_config(c),
+            batch_size=int(c.batch_size),
+            schedule=c.schedule,
+            max_length=int(c.max_length),
+            length_bucket=int(c.length_bucket),
+            loss_chunk=int(c.loss_chunk),
+            remat=bool(c.remat),
+            pad_to=int(c.pad_to) or None,
+            pad_in_loss=bool(c.pad_in_loss),
+        )
     except ValueError as err:
         raise UserInputError(f"bad inner-loop config: {err}") from None
 
 
 def sft_config(c: Any) -> SftConfig:
-    return SftConfig(lora=lora_config(c), learning_rate=float(c.learning_rate), epochs=int(c.epochs),
-                     batch_size=int(c.batch_size), schedule=c.schedule, warmup_steps=int(c.warmup_steps),
-                     max_length=int(c.max_length), remat=bool(c.remat))
+    return SftConfig(
+        lora=lora_config(c),
+        learning_rate=float(c.learning_rate),
+        epochs=int(c.epochs),
+        batch_size=int(c.batch_size),
+        schedule=c.schedule,
+        warmup_steps=int(c.warmup_steps),
+        max_length=int(c.max_length),
+        remat=bool(c.remat),
+    )
 
 
 def policy_sampling(model: LoadedModel, c: Any) -> SamplingConfig:
     """Self-edit sampling settings (cfg.restem): temperature, top-p, max new tokens."""
-    return sampling_config(model.tokenizer, max_new=int(c.max_self_edit_tokens), temperature=float(c.temperature),
-                           top_p=float(c.top_p))
+    return sampling_config(
+        model.tokenizer,
+        max_new=int(c.max_self_edit_tokens),
+        temperature=float(c.temperature),
+        top_p=float(c.top_p),
+    )
 
 
 def load(cfg: Any) -> LoadedModel:
@@ -68,8 +86,12 @@ def load(cfg: Any) -> LoadedModel:
 def make_evaluator(model: LoadedModel, cfg: Any, max_new: int) -> Evaluator:
     """The K-adapter evaluator on the configured mesh."""
     mesh = sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
-    engine = EngineConfig(inner=inner_config(cfg.inner), sampling=sampling_config(model.tokenizer, max_new=max_new),
-                          chunk_k=int(cfg.inner.chunk_k), warmup_steps=int(cfg.inner.warmup_steps))
+    engine = EngineConfig(
+        inner=inner_config(cfg.inner),
+        sampling=sampling_config(model.tokenizer, max_new=max_new),
+        chunk_k=int(cfg.inner.chunk_k),
+        warmup_steps=int(cfg.inner.warmup_steps),
+    )
     return Evaluator(model, engine, mesh)
 
 
@@ -83,7 +105,9 @@ def prepare_workdir(cfg: Any) -> Path:
         previous = json.loads(config_file.read_text())
         changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         if changed:
-            raise UserInputError(f"{workdir} holds a run with a different config (top-level keys {changed}); "
-                                 "use a new --config.workdir")
+            raise UserInputError(
+                f"{workdir} holds a run with a different config (top-level keys {changed}); "
+                "use a new --config.workdir"
+            )
     config_file.write_text(json.dumps(current, indent=1) + "\n")
     return workdir

@@ -13,8 +13,11 @@ def run(cfg: Any) -> str:
     prompt = cfg.prompt
     if cfg.chat and model.tokenizer.chat_template:
         prompt = format_chat(model.tokenizer, [{"role": "user", "content": prompt}])
-    sampling = sampling_config(model.tokenizer, max_new=cfg.max_new_tokens, temperature=cfg.temperature,
-                               top_p=cfg.top_p)
-    answer = generate_texts(model.tokenizer, model.graphdef(), model.base, None, [prompt], sampling, cfg.seed)[0]
+    sampling = sampling_config(
+        model.tokenizer, max_new=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p
+    )
+    answer = generate_texts(
+        model.tokenizer, model.graphdef(), model.base, None, [prompt], sampling, cfg.seed
+    )[0]
     print(answer)
     return answer

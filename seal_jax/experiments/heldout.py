@@ -25,21 +25,50 @@ def accuracy(records: dict[str, dict[str, Any]], prefix: str, per_context: bool 
     return float(np.mean([np.mean(v) for v in groups.values()])) if groups else float("nan")
 
 
-def evaluate_fixed(method: str, evaluator: Evaluator, domain: Domain, contexts: list[Any],
-                   self_edit: Callable[[Any], SelfEdit | Invalid | None], seeds: int, journal: Journal,
-                   seed: int) -> dict[str, dict[str, Any]]:
+def evaluate_fixed(
+    method: str,
+    evaluator: Evaluator,
+    domain: Domain,
+    contexts: list[Any],
+    self_edit: Callable[[Any], SelfEdit | Invalid | None],
+    seeds: int,
+    journal: Journal,
+    seed: int,
+) -> dict[str, dict[str, Any]]:
     """A method whose self-edit is fixed per context (None = no update, e.g. ICL or the base model)."""
-    items = [Item(f"{method}/{c.id}/0/{s}", c, None, self_edit(c), stable_seed(seed, method, c.id, s))
-             for c in contexts for s in range(seeds)]
+    items = [
+        Item(f"{method}/{c.id}/0/{s}", c, None, self_edit(c), stable_seed(seed, method, c.id, s))
+        for c in contexts
+        for s in range(seeds)
+    ]
     return evaluate_items(evaluator, domain, items, journal, f"held-out: {method}")
 
 
-def evaluate_sampled(method: str, evaluator: Evaluator, domain: Domain, contexts: list[Any], policy: LoadedModel,
-                     samples: int, seeds: int, sampling: SamplingConfig, batch: int, journal: Journal,
-                     seed: int) -> dict[str, dict[str, Any]]:
+def evaluate_sampled(
+    method: str,
+    evaluator: Evaluator,
+    domain: Domain,
+    contexts: list[Any],
+    policy: LoadedModel,
+    samples: int,
+    seeds: int,
+    sampling: SamplingConfig,
+    batch: int,
+    journal: Journal,
+    seed: int,
+) -> dict[str, dict[str, Any]]:
     """`samples` self-edits per context written by `policy`, each applied with `seeds` inner-loop seeds."""
     texts = sample_self_edits(policy, domain, contexts, samples, sampling, journal, method, seed, batch)
-    items = [Item(f"{method}/{c.id}/{i}/{s}", c, texts[c.id, i], domain.parse_self_edit(c, texts[c.id, i]),
-                  stable_seed(seed, method, c.id, i, s))
-             for c in contexts for i in range(samples) for s in range(seeds)]
+    items = [
+        Item(
+            f"{method}/{c.id}/{i}/{s}",
+            c,
+            texts[c.id, i],
+            domain.parse_self_edit(c, texts[c.id, i]),
+            stable_seed(seed, method, c.id, i, s),
+        )
+        for c in contexts
+        for i in range(samples)
+        for s in range(seeds)
+    ]
     return evaluate_items(evaluator, domain, items, journal, f"held-out: {method}")

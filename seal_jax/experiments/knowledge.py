@@ -47,46 +47,84 @@ def grader(cfg: Any) -> Any:
     if cfg.eval.grader == "offline":
         return OfflineGrader()
     if cfg.eval.grader == "judge":
-        return OpenAIJudge(base_url=cfg.eval.judge_base_url, model=cfg.eval.judge_model,
-                           api_key_env=cfg.eval.judge_api_key_env)
+        return OpenAIJudge(
+            base_url=cfg.eval.judge_base_url,
+            model=cfg.eval.judge_model,
+            api_key_env=cfg.eval.judge_api_key_env,
+        )
     raise UserInputError(f"unknown grader {cfg.eval.grader!r}: expected 'offline' or 'judge'")
 
 
 def make_domain(cfg: Any, model: LoadedModel, train: list, evals: list) -> KnowledgeDomain:
     chat = functools.partial(format_chat, model.tokenizer) if cfg.domain.chat else None
-    hparams = InnerHparams(learning_rate=float(cfg.inner.learning_rate), epochs=int(cfg.inner.epochs),
-                           loss_on_all_tokens=True)
+    hparams = InnerHparams(
+        learning_rate=float(cfg.inner.learning_rate), epochs=int(cfg.inner.epochs), loss_on_all_tokens=True
+    )
     try:
-        return KnowledgeDomain(tuple(train), tuple(evals), prompt=cfg.domain.prompt, format_chat=chat,
-                               hparams=hparams, split_newlines=cfg.domain.split_newlines,
-                               add_context=cfg.domain.add_context, max_sequences=cfg.domain.max_sequences,
-                               grader=grader(cfg))
+        return KnowledgeDomain(
+            tuple(train),
+            tuple(evals),
+            prompt=cfg.domain.prompt,
+            format_chat=chat,
+            hparams=hparams,
+            split_newlines=cfg.domain.split_newlines,
+            add_context=cfg.domain.add_context,
+            max_sequences=cfg.domain.max_sequences,
+            grader=grader(cfg),
+        )
     except (KeyError, ValueError) as err:
         raise UserInputError(f"bad domain config: {err}") from None
 
 
-def evaluate_heldout(method: str, evaluator: Evaluator, domain: KnowledgeDomain, policy: LoadedModel,
-                     cfg: Any, journal: Journal) -> float:
+def evaluate_heldout(
+    method: str,
+    evaluator: Evaluator,
+    domain: KnowledgeDomain,
+    policy: LoadedModel,
+    cfg: Any,
+    journal: Journal,
+) -> float:
     """Held-out macro accuracy: "base", "passage", or self-edits sampled from `policy` ("round0", "seal")."""
     contexts, seeds = domain.contexts("eval"), int(cfg.eval.seeds)
     if method == "base":
-        records = heldout.evaluate_fixed(method, evaluator, domain, contexts, lambda c: None, 1, journal, cfg.seed)
+        records = heldout.evaluate_fixed(
+            method, evaluator, domain, contexts, lambda c: None, 1, journal, cfg.seed
+        )
     elif method == "passage":
-        records = heldout.evaluate_fixed(method, evaluator, domain, contexts, domain.passage_only_self_edit, seeds,
-                                         journal, cfg.seed)
+        records = heldout.evaluate_fixed(
+            method, evaluator, domain, contexts, domain.passage_only_self_edit, seeds, journal, cfg.seed
+        )
     else:
-        records = heldout.evaluate_sampled(method, evaluator, domain, contexts, policy, int(cfg.eval.samples), seeds,
-                                           common.policy_sampling(policy, cfg.restem), int(cfg.restem.sample_batch),
-                                           journal, cfg.seed)
+        records = heldout.evaluate_sampled(
+            method,
+            evaluator,
+            domain,
+            contexts,
+            policy,
+            int(cfg.eval.samples),
+            seeds,
+            common.policy_sampling(policy, cfg.restem),
+            int(cfg.restem.sample_batch),
+            journal,
+            cfg.seed,
+        )
     return heldout.accuracy(records, f"{method}/")
 
 
 def restem_config(cfg: Any, model: LoadedModel) -> RestemConfig:
     r = cfg.restem
-    return RestemConfig(rounds=int(r.rounds), contexts_per_round=int(r.contexts_per_round),
-                        samples_per_context=int(r.samples_per_context), eval_seeds=int(r.eval_seeds),
-                        selection=r.selection, reward=r.reward, sampling=common.policy_sampling(model, r),
-                        sample_batch=int(r.sample_batch), sft=common.sft_config(cfg.sft), seed=int(cfg.seed))
+    return RestemConfig(
+        rounds=int(r.rounds),
+        contexts_per_round=int(r.contexts_per_round),
+        samples_per_context=int(r.samples_per_context),
+        eval_seeds=int(r.eval_seeds),
+        selection=r.selection,
+        reward=r.reward,
+        sampling=common.policy_sampling(model, r),
+        sample_batch=int(r.sample_batch),
+        sft=common.sft_config(cfg.sft),
+        seed=int(cfg.seed),
+    )
 
 
 def run(cfg: Any) -> dict[str, Any]:
@@ -102,24 +140,48 @@ def run(cfg: Any) -> dict[str, Any]:
     journal = Journal(workdir / "journal", "heldout")
     rows = []
     if cfg.eval.baselines:
-        rows += [("base (no update)", evaluate_heldout("base", evaluator, domain, model, cfg, journal), ""),
-                 ("passage only", evaluate_heldout("passage", evaluator, domain, model, cfg, journal), ""),
-                 ("round-0 self-edits", evaluate_heldout("round0", evaluator, domain, writer, cfg, journal),
-                  "no RL")]
-    policy, stats = run_restem(writer, domain, evaluator, restem_config(cfg, writer), str(workdir),
-                               {"config": cfg.to_json()}, policy_is_student=not cfg.writer_model)
-    rows.append((f"SEAL ({cfg.restem.rounds} rounds)",
-                 evaluate_heldout("seal", evaluator, domain, policy, cfg, journal), "ReST-EM"))
+        rows += [
+            ("base (no update)", evaluate_heldout("base", evaluator, domain, model, cfg, journal), ""),
+            ("passage only", evaluate_heldout("passage", evaluator, domain, model, cfg, journal), ""),
+            (
+                "round-0 self-edits",
+                evaluate_heldout("round0", evaluator, domain, writer, cfg, journal),
+                "no RL",
+            ),
+        ]
+    policy, stats = run_restem(
+        writer,
+        domain,
+        evaluator,
+        restem_config(cfg, writer),
+        str(workdir),
+        {"config": cfg.to_json()},
+        policy_is_student=not cfg.writer_model,
+    )
+    rows.append(
+        (
+            f"SEAL ({cfg.restem.rounds} rounds)",
+            evaluate_heldout("seal", evaluator, domain, policy, cfg, journal),
+            "ReST-EM",
+        )
+    )
     return finish(workdir, rows, stats, f"knowledge: {cfg.model}, {len(evals)} held-out passages")
 
 
-def finish(workdir: Path, rows: list[tuple[str, float, str]], stats: list[dict[str, Any]], title: str,
-           ) -> dict[str, Any]:
+def finish(
+    workdir: Path,
+    rows: list[tuple[str, float, str]],
+    stats: list[dict[str, Any]],
+    title: str,
+) -> dict[str, Any]:
     """Prints the table; writes results.json and results.png."""
     table = report.format_table(rows, title)
     print(table)
-    payload = {"title": title, "table": [{"method": m, "accuracy": a, "note": n} for m, a, n in rows],
-               "rounds": stats}
+    payload = {
+        "title": title,
+        "table": [{"method": m, "accuracy": a, "note": n} for m, a, n in rows],
+        "rounds": stats,
+    }
     report.write_json(workdir / "results.json", payload)
     report.plot_results(workdir / "results.png", rows, stats, title)
     logging.info("wrote %s", workdir / "results.json")
@@ -130,7 +192,9 @@ def replay(cfg: Any) -> dict[str, Any]:
     """Evaluates given self-edit files (reference format) through the inner loop: the paper's Table 2 layout."""
     workdir = common.prepare_workdir(cfg)
     model = common.load(cfg)
-    files = {name: Path(cfg.replay.directory) / f"{name}_val.json" for name in common.targets(cfg.replay.names)}
+    files = {
+        name: Path(cfg.replay.directory) / f"{name}_val.json" for name in common.targets(cfg.replay.names)
+    }
     try:
         completions = {name: data.load_completions(path) for name, path in files.items()}
         pool = data.load_json(next(iter(files.values())))
@@ -140,14 +204,24 @@ def replay(cfg: Any) -> dict[str, Any]:
     domain = make_domain(cfg, model, [], evals)
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
     journal = Journal(workdir / "journal", "replay")
-    records = evaluate_items(evaluator, domain, [Item(f"base/{c.id}", c, None, None, 0) for c in evals], journal,
-                             "replay: base")
+    records = evaluate_items(
+        evaluator, domain, [Item(f"base/{c.id}", c, None, None, 0) for c in evals], journal, "replay: base"
+    )
     rows = [("base (no update)", heldout.accuracy(records, "base/"), "")]
     for name, by_id in completions.items():
-        items = [Item(f"{name}/{c.id}", c, by_id[c.id][0],
-                      domain.passage_only_self_edit(c) if not by_id[c.id][0].strip()
-                      else domain.parse_self_edit(c, by_id[c.id][0]), stable_seed(cfg.seed, name, c.id))
-                 for c in evals if c.id in by_id and by_id[c.id]]
+        items = [
+            Item(
+                f"{name}/{c.id}",
+                c,
+                by_id[c.id][0],
+                domain.passage_only_self_edit(c)
+                if not by_id[c.id][0].strip()
+                else domain.parse_self_edit(c, by_id[c.id][0]),
+                stable_seed(cfg.seed, name, c.id),
+            )
+            for c in evals
+            if by_id.get(c.id)
+        ]
         records = evaluate_items(evaluator, domain, items, journal, f"replay: {name}")
         rows.append((f"{name} self-edits", heldout.accuracy(records, f"{name}/"), Path(files[name]).name))
     return finish(workdir, rows, [], f"replay: {cfg.model}, {len(evals)} passages, first completion each")

@@ -75,8 +75,9 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return (x * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
 
 
-def _project(x: Array, weights: dict[str, Array], lora: dict[str, tuple[Array, Array]], target: str,
-             scale: float) -> Array:
+def _project(
+    x: Array, weights: dict[str, Array], lora: dict[str, tuple[Array, Array]], target: str, scale: float
+) -> Array:
     """x @ W (+ scale * x @ A @ B when `target` is adapted). x: [..., in] -> [..., out]."""
     y = x @ weights[TARGETS[target][0]]
     if target in lora:
@@ -98,9 +99,17 @@ def _attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array) -> Arra
     return out.reshape(b, t, hq * hd)
 
 
-def _decoder_layer(cfg: ModelConfig, scale: float, x: Array, w: dict[str, Array],
-                   lora: dict[str, tuple[Array, Array]], cos: Array, sin: Array, positions: Array,
-                   cache: tuple[Array, Array] | None) -> tuple[Array, tuple[Array, Array] | None]:
+def _decoder_layer(
+    cfg: ModelConfig,
+    scale: float,
+    x: Array,
+    w: dict[str, Array],
+    lora: dict[str, tuple[Array, Array]],
+    cos: Array,
+    sin: Array,
+    positions: Array,
+    cache: tuple[Array, Array] | None,
+) -> tuple[Array, tuple[Array, Array] | None]:
     """One pre-norm decoder block. x: [B, T, D]; cache: this layer's (k, v) [B, S, Hkv, hd] or None."""
     b, t, _ = x.shape
     h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
@@ -132,8 +141,9 @@ class LoraPair(nnx.Module):
 
     def __init__(self, layers: int, fan_in: int, fan_out: int, rank: int, rngs: nnx.Rngs):
         bound = 1.0 / math.sqrt(fan_in)  # PEFT's kaiming-uniform(a=sqrt(5)) bound for A
-        self.a = nnx.LoRAParam(jax.random.uniform(rngs.params(), (layers, fan_in, rank), jnp.float32,
-                                                  -bound, bound))
+        self.a = nnx.LoRAParam(
+            jax.random.uniform(rngs.params(), (layers, fan_in, rank), jnp.float32, -bound, bound)
+        )
         self.b = nnx.LoRAParam(jnp.zeros((layers, rank, fan_out), jnp.float32))
 
 
@@ -170,22 +180,26 @@ class DecoderStack(nnx.Module):
 class Transformer(nnx.Module):
     """Decoder-only LM. `__call__` returns final hidden states; `logits` applies the (tied) head."""
 
-    def __init__(self, cfg: ModelConfig, *, lora: LoraConfig | None = None, rngs: nnx.Rngs,
-                 dtype: Any = jnp.float32):
+    def __init__(
+        self, cfg: ModelConfig, *, lora: LoraConfig | None = None, rngs: nnx.Rngs, dtype: Any = jnp.float32
+    ):
         self.config = cfg
         self.lora_config = lora
-        self.embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (cfg.vocab_size, cfg.hidden_size),
-                                                             dtype))
+        self.embed = nnx.Param(
+            nnx.initializers.normal(0.02)(rngs.params(), (cfg.vocab_size, cfg.hidden_size), dtype)
+        )
         self.layers = DecoderStack(cfg, rngs, dtype)
         self.final_norm = nnx.Param(jnp.ones((cfg.hidden_size,), dtype))
         if not cfg.tie_word_embeddings:
-            self.lm_head = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(),
-                                                                   (cfg.hidden_size, cfg.vocab_size), dtype))
+            self.lm_head = nnx.Param(
+                nnx.initializers.normal(0.02)(rngs.params(), (cfg.hidden_size, cfg.vocab_size), dtype)
+            )
         if lora is not None:
             self.lora = Adapters(cfg, lora, rngs)
 
-    def __call__(self, tokens: Array, positions: Array, cache: KVCache | None = None, *,
-                 remat: bool = False) -> tuple[Array, KVCache | None]:
+    def __call__(
+        self, tokens: Array, positions: Array, cache: KVCache | None = None, *, remat: bool = False
+    ) -> tuple[Array, KVCache | None]:
         """tokens, positions: int [B, T] -> hidden [B, T, D] and the updated cache."""
         cfg = self.config
         weights = {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
@@ -193,8 +207,10 @@ class Transformer(nnx.Module):
         scale = 0.0
         if self.lora_config is not None:
             scale = self.lora_config.scale
-            lora = {t: (getattr(self.lora, t).a[...], getattr(self.lora, t).b[...])
-                    for t in self.lora_config.targets}
+            lora = {
+                t: (getattr(self.lora, t).a[...], getattr(self.lora, t).b[...])
+                for t in self.lora_config.targets
+            }
         angles = positions[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(cfg))
         angles = jnp.concatenate([angles, angles], axis=-1)
         x = self.embed[...][tokens]
@@ -223,8 +239,15 @@ class Transformer(nnx.Module):
         return (hidden @ self.head()).astype(jnp.float32)
 
     @classmethod
-    def from_params(cls, cfg: ModelConfig, params: dict[str, Any], *, lora: LoraConfig | None = None,
-                    seed: int = 0, dtype: Any = None) -> Transformer:
+    def from_params(
+        cls,
+        cfg: ModelConfig,
+        params: dict[str, Any],
+        *,
+        lora: LoraConfig | None = None,
+        seed: int = 0,
+        dtype: Any = None,
+    ) -> Transformer:
         """A model holding `params` (flat layout of `loading.py`); LoRA, if any, is freshly initialized."""
         dtype = dtype or np.asarray(params["embed"]).dtype
         model = cls(cfg, lora=lora, rngs=nnx.Rngs(seed), dtype=dtype)
@@ -257,7 +280,7 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def graphdef_for(cfg: ModelConfig, lora: LoraConfig | None) -> nnx.GraphDef:
     """The (static) graph definition of a model with this config, built without allocating weights."""
     abstract = nnx.eval_shape(lambda: Transformer(cfg, lora=lora, rngs=nnx.Rngs(0)))
@@ -281,8 +304,16 @@ def merge_model(graphdef: nnx.GraphDef, base: nnx.State, lora: nnx.State | None)
     return nnx.merge(graphdef, base) if lora is None else nnx.merge(graphdef, lora, base)
 
 
-def forward(graphdef: nnx.GraphDef, base: nnx.State, lora: nnx.State | None, tokens: Array, positions: Array,
-            cache: KVCache | None = None, *, remat: bool = False) -> tuple[Array, KVCache | None, Array]:
+def forward(
+    graphdef: nnx.GraphDef,
+    base: nnx.State,
+    lora: nnx.State | None,
+    tokens: Array,
+    positions: Array,
+    cache: KVCache | None = None,
+    *,
+    remat: bool = False,
+) -> tuple[Array, KVCache | None, Array]:
     """Pure forward: -> (hidden [B, T, D], updated cache, head [D, V]). Call inside jit/vmap."""
     model = merge_model(graphdef, base, lora)
     hidden, cache = model(tokens, positions, cache, remat=remat)

@@ -37,8 +37,9 @@ def run(model, adapters, epochs, lrs, seeds, cfg=CFG, mask_override=None):
     k = len(adapters)
     hp = AdapterHparams(jnp.asarray(lrs, jnp.float32), jnp.asarray(steps), jnp.zeros(k, jnp.int32))
     lora0 = init_lora_k(model.config, cfg.lora, jnp.stack([jax.random.key(s) for s in seeds]))
-    lora, stats = adapt_k(lora0, model.base, jax.tree.map(jnp.asarray, batches), hp,
-                          graphdef=model.graphdef(cfg.lora), cfg=cfg)
+    lora, stats = adapt_k(
+        lora0, model.base, jax.tree.map(jnp.asarray, batches), hp, graphdef=model.graphdef(cfg.lora), cfg=cfg
+    )
     return lora, stats, batches, steps
 
 
@@ -52,8 +53,10 @@ def leaves(tree, k=None):
 def test_k_adapters_equal_separate_runs(tiny):
     lora, stats, _, _ = run(tiny, ADAPTERS, [3, 5, 2], [1e-2, 3e-2, 5e-3], [0, 1, 2])
     for k in range(3):
-        alone, alone_stats, _, _ = run(tiny, ADAPTERS[k:k + 1], [[3, 5, 2][k]], [[1e-2, 3e-2, 5e-3][k]], [k])
-        for a, b in zip(leaves(lora, k), leaves(alone, 0)):
+        alone, alone_stats, _, _ = run(
+            tiny, ADAPTERS[k : k + 1], [[3, 5, 2][k]], [[1e-2, 3e-2, 5e-3][k]], [k]
+        )
+        for a, b in zip(leaves(lora, k), leaves(alone, 0), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5)
         n = int(np.count_nonzero(np.asarray(alone_stats.losses[0])))
         np.testing.assert_allclose(stats.losses[k, :n], alone_stats.losses[0, :n], atol=1e-5)
@@ -61,10 +64,13 @@ def test_k_adapters_equal_separate_runs(tiny):
 
 def reference_adapt(model, lora0, tokens, loss_mask, lr, num_steps, schedule):
     """Plain optax AdamW + clip, full-logits loss, a Python loop of steps: independent of adapt()."""
-    sched = {"linear": optax.linear_schedule(lr, 0.0, num_steps),
-             "cosine": optax.cosine_decay_schedule(lr, num_steps)}[schedule]
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b1=0.9, b2=0.999, eps=1e-8,
-                                                                 weight_decay=0.0))
+    sched = {
+        "linear": optax.linear_schedule(lr, 0.0, num_steps),
+        "cosine": optax.cosine_decay_schedule(lr, num_steps),
+    }[schedule]
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adamw(sched, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
+    )
     graphdef = model.graphdef(LORA)
 
     @jax.jit
@@ -90,9 +96,16 @@ def test_distinct_lr_and_steps_match_independent_reference(tiny, schedule):
     lora, _, batches, steps = run(tiny, ADAPTERS[:2], epochs, lrs, [0, 1], cfg)
     lora0 = init_lora_k(tiny.config, LORA, jnp.stack([jax.random.key(s) for s in (0, 1)]))
     for k in range(2):
-        ref = reference_adapt(tiny, jax.tree.map(lambda x, k=k: x[k], lora0), batches.tokens[k],
-                              batches.loss_mask[k], lrs[k], int(steps[k]), schedule)
-        for a, b in zip(leaves(lora, k), leaves(ref)):
+        ref = reference_adapt(
+            tiny,
+            jax.tree.map(lambda x, k=k: x[k], lora0),
+            batches.tokens[k],
+            batches.loss_mask[k],
+            lrs[k],
+            int(steps[k]),
+            schedule,
+        )
+        for a, b in zip(leaves(lora, k), leaves(ref), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5)
     assert not np.allclose(leaves(lora, 0)[1], leaves(lora, 1)[1])
 
@@ -105,19 +118,27 @@ def test_cosine_warmup_schedule_values():
 
 
 def test_masked_padding_steps_change_nothing(tiny):
-    exact, exact_stats, _, steps = run(tiny, ADAPTERS[:1], [3], [1e-2], [0],
-                                       dataclasses.replace(CFG, step_bucket=1))
-    padded, padded_stats, batches, _ = run(tiny, ADAPTERS[:1], [3], [1e-2], [0],
-                                           dataclasses.replace(CFG, step_bucket=16))
+    exact, _exact_stats, _, steps = run(
+        tiny, ADAPTERS[:1], [3], [1e-2], [0], dataclasses.replace(CFG, step_bucket=1)
+    )
+    padded, padded_stats, batches, _ = run(
+        tiny, ADAPTERS[:1], [3], [1e-2], [0], dataclasses.replace(CFG, step_bucket=16)
+    )
     assert batches.tokens.shape[1] == 16 > int(steps[0])
-    for a, b in zip(leaves(exact), leaves(padded)):
+    for a, b in zip(leaves(exact), leaves(padded), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert (np.asarray(padded_stats.losses[0, int(steps[0]):]) == 0).all()
+    assert (np.asarray(padded_stats.losses[0, int(steps[0]) :]) == 0).all()
 
 
 def test_loss_decreases_on_memorization(tiny):
-    _, stats, _, steps = run(tiny, [examples(7, [24])], [40], [3e-2], [0],
-                             dataclasses.replace(CFG, lora=LoraConfig(8, 16, ("q", "v", "up", "down"))))
+    _, stats, _, steps = run(
+        tiny,
+        [examples(7, [24])],
+        [40],
+        [3e-2],
+        [0],
+        dataclasses.replace(CFG, lora=LoraConfig(8, 16, ("q", "v", "up", "down"))),
+    )
     losses = np.asarray(stats.losses[0, : int(steps[0])])
     # A random tiny model's tied head bounds its logits (|h| |e| ~ 1.3), so the floor is far above 0.
     assert losses[-5:].mean() < losses[:5].mean() - 0.7, losses
@@ -125,7 +146,7 @@ def test_loss_decreases_on_memorization(tiny):
 
 
 def test_nan_in_one_adapter_leaves_others_bit_identical(tiny):
-    clean, clean_stats, _, _ = run(tiny, ADAPTERS, [2, 2, 2], [1e-2] * 3, [0, 1, 2])
+    clean, _clean_stats, _, _ = run(tiny, ADAPTERS, [2, 2, 2], [1e-2] * 3, [0, 1, 2])
 
     def poison(mask):
         mask = mask.copy()
@@ -135,10 +156,10 @@ def test_nan_in_one_adapter_leaves_others_bit_identical(tiny):
     dirty, dirty_stats, _, _ = run(tiny, ADAPTERS, [2, 2, 2], [1e-2] * 3, [0, 1, 2], mask_override=poison)
     assert list(np.asarray(dirty_stats.nonfinite)) == [False, True, False]
     for k in (0, 2):
-        for a, b in zip(leaves(clean, k), leaves(dirty, k)):
+        for a, b in zip(leaves(clean, k), leaves(dirty, k), strict=True):
             np.testing.assert_array_equal(a, b)
     lora0 = init_lora_k(tiny.config, LORA, jnp.stack([jax.random.key(s) for s in (0, 1, 2)]))
-    for a, b in zip(leaves(dirty, 1), leaves(lora0, 1)):  # frozen at its last finite state: the initial one
+    for a, b in zip(leaves(dirty, 1), leaves(lora0, 1), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -150,4 +171,6 @@ def test_batches_bucket_lengths_and_mask_padding():
     parity = dataclasses.replace(cfg, pad_to=64, pad_in_loss=True)
     batches, _ = build_step_batches([examples(0, [5, 20, 3])], [1], [0], parity, pad_id=0)
     assert batches.tokens.shape[-1] == 64
-    assert batches.loss_mask[0, 0].sum() + batches.loss_mask[0, 1].sum() == 3 * 64  # 3 real rows, pads in loss
+    assert (
+        batches.loss_mask[0, 0].sum() + batches.loss_mask[0, 1].sum() == 3 * 64
+    )  # 3 real rows, pads in loss

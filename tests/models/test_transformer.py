@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,8 +35,9 @@ def test_kv_cache_decoding_equals_full_forward(which, request):
     hidden, cache, head = step(model.graphdef(), model.base, None, TOKENS[:, :3], POSITIONS[:, :3], cache)
     steps = [hidden @ head]
     for t in range(3, 8):
-        hidden, cache, _ = step(model.graphdef(), model.base, None, TOKENS[:, t:t + 1], POSITIONS[:, t:t + 1],
-                                cache)
+        hidden, cache, _ = step(
+            model.graphdef(), model.base, None, TOKENS[:, t : t + 1], POSITIONS[:, t : t + 1], cache
+        )
         steps.append(hidden @ head)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
     assert (jnp.argmax(jnp.concatenate(steps, axis=1), -1) == jnp.argmax(full, -1)).all()
