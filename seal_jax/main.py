@@ -53,12 +53,20 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def entry() -> None:
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing; a bad flag or config override (unknown key, wrong type) exits 2 with one line."""
     try:
-        app.run(main)
-    except flags.Error as err:  # raised before absl's own handler for config overrides
-        print(f"error: {err}".splitlines()[0], file=sys.stderr)
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, (AttributeError, KeyError)):
+            message = f"unknown config key or bad override: {message}"
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def entry() -> None:
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -97,9 +97,11 @@ def sample_self_edits(
                 sampling,
                 stable_seed(seed, tag, start),
             )
-            for key, (c, i), text in zip(keys, chunk, texts, strict=False):
+            for key, (c, i), text in zip(keys, chunk, texts, strict=True):
+                if key in journal:  # written before a kill
+                    continue
                 journal.write({"key": key, "context": c.id, "sample": i, "text": text})
-        out.update({(c.id, i): journal.get(k)["text"] for k, (c, i) in zip(keys, chunk, strict=False)})
+        out.update({(c.id, i): journal.get(k)["text"] for k, (c, i) in zip(keys, chunk, strict=True)})
     return out
 
 
@@ -141,7 +143,9 @@ def evaluate_items(
         chunk = [runnable[i] for i in idx]
         if not all(it.key in journal for it in chunk):
             results = evaluator.run_chunk([jobs[i] for i in idx], k)
-            for it, res in zip(chunk, results, strict=False):
+            for it, res in zip(chunk, results, strict=True):
+                if it.key in journal:  # written before a kill; the recomputed chunk gives the same numbers
+                    continue
                 score = domain.score(it.context, queries[id(it)], res.answers)
                 reward = 0.0 if res.nonfinite else score.reward
                 journal.write(

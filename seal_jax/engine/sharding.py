@@ -70,7 +70,7 @@ def base_shardings(mesh: Mesh, base: nnx.State) -> Any:
     """A NamedSharding per base leaf, from `BASE_RULES` (unmatched names are replicated)."""
 
     def rule(path: tuple, leaf: Any) -> NamedSharding:
-        name = "/".join(str(getattr(p, "key", p)) for p in path if str(getattr(p, "key", p)) != "value")
+        name = jax.tree_util.keystr(path, simple=True, separator="/").removesuffix("/value")
         axes = next((a for pattern, a in BASE_RULES if re.search(pattern, name)), ())
         return NamedSharding(mesh, _fit(mesh, leaf.shape, axes[: leaf.ndim]))
 

@@ -26,12 +26,17 @@ from seal_jax.models.bundle import LoadedModel
 from seal_jax.restem import Item, RestemConfig, evaluate_items, run_restem, stable_seed
 
 
+def _pool(source: str, split: str) -> tuple[str, ...]:
+    """What identifies a passage pool: splits only exist for the hub sources."""
+    return (source, split) if source in ("hf", "tfds") else (source,)
+
+
 def passages(cfg: Any) -> tuple[list[data.Passage], list[data.Passage]]:
     """(train, eval) passages, seeded; from one pool (demo / one JSON) they are disjoint slices."""
     d = cfg.data
     try:
         eval_pool = data.load_passages(d.eval_source, d.eval_split)
-        same = (d.train_source, d.train_split) == (d.eval_source, d.eval_split) or d.train_source == "demo"
+        same = _pool(d.train_source, d.train_split) == _pool(d.eval_source, d.eval_split)
         train_pool = eval_pool if same else data.load_passages(d.train_source, d.train_split)
     except (ValueError, OSError, ImportError) as err:
         raise UserInputError(str(err).splitlines()[0]) from None
@@ -130,9 +135,9 @@ def restem_config(cfg: Any, model: LoadedModel) -> RestemConfig:
 def run(cfg: Any) -> dict[str, Any]:
     """ReST-EM on the knowledge domain with the held-out table; writes results.json and results.png."""
     workdir = common.prepare_workdir(cfg)
+    train, evals = passages(cfg)  # bad data fails before the model loads
     model = common.load(cfg)
     writer = common.load(cfg.replace(model=cfg.writer_model)) if cfg.writer_model else model
-    train, evals = passages(cfg)
     data.write_selection(workdir / "selection_train.json", train)
     data.write_selection(workdir / "selection_eval.json", evals)
     domain = make_domain(cfg, writer, train, evals)
