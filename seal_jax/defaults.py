@@ -60,7 +60,7 @@ def knowledge() -> ml_collections.ConfigDict:
             "max_length": 2048,
             "length_bucket": 64,
             "loss_chunk": 64,
-            "remat": False,
+            "remat": True,  # peak memory 9.2 -> 3.4 GB at K=15 (docs/benchmarks.md)
             "chunk_k": 15,
             "pad_to": 0,
             "pad_in_loss": False,  # pad_to=2048, pad_in_loss=True: the reference's loss, for parity
