@@ -53,7 +53,6 @@ class InnerConfig:
     )
     pad_to: int | None = None
     pad_in_loss: bool = False
-    chunk_k: int | None = None
 
     def __post_init__(self) -> None:
         if self.length_bucket % self.loss_chunk:

@@ -268,18 +268,6 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Inverse of `unflatten` for pure dicts: {"layers": {"wq": x}} -> {"layers/wq": x}."""
-    flat: dict[str, Any] = {}
-    for key, value in nested.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "/"))
-        else:
-            flat[name] = value
-    return flat
-
-
 @functools.cache
 def graphdef_for(cfg: ModelConfig, lora: LoraConfig | None) -> nnx.GraphDef:
     """The (static) graph definition of a model with this config, built without allocating weights."""
