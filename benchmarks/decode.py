@@ -1,7 +1,7 @@
 """Greedy decode throughput: seal_jax `generate_k` (K LoRA adapters × B prompts each, KV cache, one jitted
 while_loop) against HF `generate` (PyTorch, the same SmolLM2-135M weights, use_cache=True) at equal total batch.
 
-    .venv/bin/python -m benchmarks.decode --quick       # < 2 min on a quiet 2-core machine
+    .venv/bin/python -m benchmarks.decode --quick       # ~6 min on the shared 2-core box under load
     .venv/bin/python -m benchmarks.decode --batches 16 64 --repeats 5
 
 Both sides decode exactly `--new` tokens per row (EOS disabled, so the work is equal), from the knowledge

@@ -1,6 +1,6 @@
 """Self-edit evaluations per second on SEAL's knowledge inner loop (SmolLM2-135M, CPU), K = 15 side by side.
 
-    .venv/bin/python -m benchmarks.inner_loop --quick      # < 5 min on a quiet 2-core machine
+    .venv/bin/python -m benchmarks.inner_loop --quick      # ~6 min on the shared 2-core box under load
     .venv/bin/python -m benchmarks.inner_loop              # full: the whole 10-epoch runs (hours on CPU)
 
 One self-edit evaluation = a fresh LoRA (r32 α64 on q,v) fine-tuned for 10 epochs at batch 1 on the self-edit's
@@ -367,7 +367,7 @@ def step_time_model(steps: Sequence[tuple[int, float]]) -> Any:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="time a few steps per adapter (< 5 min quiet machine)")
+    p.add_argument("--quick", action="store_true", help="same shapes, a few timed steps per adapter, scaled")
     p.add_argument("--passage", type=int, default=0, help="index of the base_val passage (K=15 of its SEs)")
     p.add_argument("--seeds", type=int, default=3, help="inner-loop seeds per self-edit (K = 5 × seeds)")
     p.add_argument("--quick-steps", type=int, default=1, help="--quick: optimizer steps per adapter timed")
@@ -377,7 +377,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="self-edits run by the fair torch loop (default: all; --quick: 1, one epoch)")
     p.add_argument("--ref-steps", type=int, default=None,
                    help="optimizer steps of the reference stack timed (default 3; --quick: 2)")
-    p.add_argument("--remat", action="store_true", help="InnerConfig(remat=True) (engine experiment)")
+    p.add_argument("--remat", choices=("on", "off"), default=None,
+                   help="override InnerConfig.remat (engine experiment; default: the engine's default)")
     p.add_argument("--loss-chunk", type=int, default=None, help="InnerConfig.loss_chunk (engine experiment)")
     p.add_argument("--skip-torch", action="store_true", help="seal_jax only (engine experiments)")
     p.add_argument("--threads", type=int, default=None,
@@ -405,9 +406,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     domain = KnowledgeDomain((), (), eval_max_new_tokens=MAX_NEW)
     jobs = make_jobs(item, domain, args.seeds)
     k = len(jobs)
-    overrides = {"remat": args.remat} | ({"loss_chunk": args.loss_chunk} if args.loss_chunk else {})
+    overrides = ({"remat": args.remat == "on"} if args.remat else {}) | (
+        {"loss_chunk": args.loss_chunk} if args.loss_chunk else {})
     inner = InnerConfig(**overrides)
     full = layout_of(jobs, tok, inner)
+    print(f"InnerConfig: remat={inner.remat}, loss_chunk={inner.loss_chunk}, length_bucket={inner.length_bucket}, "
+          f"step_bucket={inner.step_bucket}")
     print(f"workload: {source}; passage {item.passage.title!r}: {len(item.passage.questions)} questions, "
           f"K={k} jobs, sequences per job {[len(ls) for ls in full.lengths]}, chunk layout "
           f"S={full.chunk_steps} steps × B=1 × T={full.seq_len}", flush=True)
