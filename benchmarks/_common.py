@@ -188,17 +188,26 @@ def load_knowledge_items(n: int, offset: int = 0) -> tuple[list[KnowledgeItem], 
     from seal_jax.domains.knowledge.data import QA, load_demo, make_passage
 
     if BASE_VAL.is_file():
-        rows = json.loads(BASE_VAL.read_text())[offset: offset + n]
-        items = [KnowledgeItem(make_passage(r["title"], r["context"],
-                                           [QA(q["question"], q["answer"]) for q in r["questions"]]),
-                               tuple(r["completions"]))
-                 for r in rows]
-        return items, f"{BASE_VAL.name} (reference base-model self-edits), passages {offset}..{offset + n - 1}"
+        rows = json.loads(BASE_VAL.read_text())[offset : offset + n]
+        items = [
+            KnowledgeItem(
+                make_passage(
+                    r["title"], r["context"], [QA(q["question"], q["answer"]) for q in r["questions"]]
+                ),
+                tuple(r["completions"]),
+            )
+            for r in rows
+        ]
+        return (
+            items,
+            f"{BASE_VAL.name} (reference base-model self-edits), passages {offset}..{offset + n - 1}",
+        )
     items = []
-    for p in load_demo()[offset: offset + n]:
+    for p in load_demo()[offset : offset + n]:
         sentences = [s.strip() + "." for s in p.context.split(". ") if s.strip()]
-        completions = tuple("\n".join(f"{i + 1}. {s}" for i, s in enumerate(sentences[j:] + sentences[:j]))
-                            for j in range(5))
+        completions = tuple(
+            "\n".join(f"{i + 1}. {s}" for i, s in enumerate(sentences[j:] + sentences[:j])) for j in range(5)
+        )
         items.append(KnowledgeItem(p, completions))
     return items, "bundled demo set; self-edits = the passage's own sentences as numbered lines (rotated ×5)"
 

@@ -60,8 +60,9 @@ def split_batch(total: int, adapters: int | None) -> tuple[int, int]:
     return k, total // k
 
 
-def jax_decoder(cfg: Any, base: Any, prompts: list[list[int]], k: int, new: int,
-                prompt_bucket: int = 64) -> tuple[Any, dict[str, Any]]:
+def jax_decoder(
+    cfg: Any, base: Any, prompts: list[list[int]], k: int, new: int, prompt_bucket: int = 64
+) -> tuple[Any, dict[str, Any]]:
     """`generate_k` for K adapters × B prompts (random nonzero LoRAs, r32 q,v), AOT-compiled.
 
     Returns a function that decodes once and returns its seconds, and the compile facts."""
@@ -73,8 +74,13 @@ def jax_decoder(cfg: Any, base: Any, prompts: list[list[int]], k: int, new: int,
     lora = jax.tree.map(lambda x: x + 0.01, lora)  # B = 0 at init; make the adapters do something
     toks, lens = pad_prompts(prompts, sampling)
     b = len(prompts) // k
-    args = (base, lora, jnp.asarray(toks.reshape(k, b, -1)), jnp.asarray(lens.reshape(k, b)),
-            jax.random.split(jax.random.key(1), k))
+    args = (
+        base,
+        lora,
+        jnp.asarray(toks.reshape(k, b, -1)),
+        jnp.asarray(lens.reshape(k, b)),
+        jax.random.split(jax.random.key(1), k),
+    )
     watch = CompileWatch.get()
     c0, s0 = watch.snapshot()
     generate_k.lower(*args, graphdef=graphdef, cfg=sampling).compile()
@@ -92,8 +98,9 @@ def jax_decoder(cfg: Any, base: Any, prompts: list[list[int]], k: int, new: int,
     return run, {"compiles": c1 - c0, "compile_s": s1 - s0, "prompt_width": toks.shape[1]}
 
 
-def torch_decoder(model: Any, prompts: list[list[int]], new: int,
-                  adapter_names: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
+def torch_decoder(
+    model: Any, prompts: list[list[int]], new: int, adapter_names: list[str] | None = None
+) -> tuple[Any, dict[str, Any]]:
     """HF `generate` (greedy, KV cache) on the left-padded batch, exactly `new` tokens per row, warmed up.
 
     Returns a function that decodes once and returns its seconds, and the prompt width."""
@@ -103,14 +110,22 @@ def torch_decoder(model: Any, prompts: list[list[int]], new: int,
     ids = torch.zeros((len(prompts), width), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p)
-        mask[r, width - len(p):] = 1
+        ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
     extra = {"adapter_names": adapter_names} if adapter_names else {}
 
     def generate(n: int) -> Any:
         with torch.no_grad():
-            return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                  do_sample=False, use_cache=True, pad_token_id=0, **extra)
+            return model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=0,
+                **extra,
+            )
 
     def run() -> float:
         t0 = time.perf_counter()
@@ -158,11 +173,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--adapters", type=int, default=None, help="K (default: largest divisor ≤ 16)")
     p.add_argument("--new", type=int, default=64, help="new tokens per row")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per setting (median)")
-    p.add_argument("--prompt-bucket", type=int, default=64,
-                   help="SamplingConfig.prompt_bucket for the JAX prompts (engine default 64)")
+    p.add_argument(
+        "--prompt-bucket",
+        type=int,
+        default=64,
+        help="SamplingConfig.prompt_bucket for the JAX prompts (engine default 64)",
+    )
     p.add_argument("--peft", action="store_true", help="also time HF generate with PEFT mixed adapters")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: the faster of 1 and all cores, probed per batch)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: the faster of 1 and all cores, probed per batch)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.repeats = min(args.repeats, 2)
@@ -185,36 +208,85 @@ def main(argv: Sequence[str] | None = None) -> None:
         threads = args.threads
         if threads is None:
             threads, secs = pick_torch_threads(torch_model, (1, os.cpu_count() or 1))
-            print(f"torch threads: {threads} ({', '.join(f'{n}: {1e3 * s:.0f} ms' for n, s in secs.items())} "
-                  "per small forward)", flush=True)
+            print(
+                f"torch threads: {threads} ({', '.join(f'{n}: {1e3 * s:.0f} ms' for n, s in secs.items())} "
+                "per small forward)",
+                flush=True,
+            )
         runs["torch"], t = torch_decoder(torch_model, prompts, args.new)
         if args.peft:
             peft_model, names = peft_mixed(torch_model, k)
-            runs["peft"], _ = torch_decoder(peft_model, prompts, args.new, [n for n in names for _ in range(b)])
+            runs["peft"], _ = torch_decoder(
+                peft_model, prompts, args.new, [n for n in names for _ in range(b)]
+            )
         times = interleaved(runs, args.repeats)
         if args.peft:
             torch_model = peft_model.unload()
         tps = {name: total * args.new / median(ts) for name, ts in times.items()}
         results.append((total, tps["jax"], tps["torch"]))
         secs = {name: " ".join(f"{x:.1f}" for x in ts) for name, ts in times.items()}
-        rows.append([total, f"{k}×{b}", f"{tps['jax']:.0f}", f"{tps['torch']:.0f}",
-                     f"{tps['jax'] / tps['torch']:.2f}×", f"{j['compile_s']:.0f} s ({j['compiles']})",
-                     f"{j['prompt_width']} / {t['prompt_width']}", threads, secs["jax"], secs["torch"]])
+        rows.append(
+            [
+                total,
+                f"{k}×{b}",
+                f"{tps['jax']:.0f}",
+                f"{tps['torch']:.0f}",
+                f"{tps['jax'] / tps['torch']:.2f}×",
+                f"{j['compile_s']:.0f} s ({j['compiles']})",
+                f"{j['prompt_width']} / {t['prompt_width']}",
+                threads,
+                secs["jax"],
+                secs["torch"],
+            ]
+        )
         if args.peft:
-            rows.append([total, f"{k}×{b} PEFT mixed", "", f"{tps['peft']:.0f}",
-                         f"{tps['jax'] / tps['peft']:.2f}×", "", "", "", threads, secs["peft"]])
+            rows.append(
+                [
+                    total,
+                    f"{k}×{b} PEFT mixed",
+                    "",
+                    f"{tps['peft']:.0f}",
+                    f"{tps['jax'] / tps['peft']:.2f}×",
+                    "",
+                    "",
+                    "",
+                    threads,
+                    secs["peft"],
+                ]
+            )
         print(f"total batch {total}: jax {tps['jax']:.0f} tok/s, torch {tps['torch']:.0f} tok/s", flush=True)
     print()
-    print(table(["total batch", "K×B", "jax tok/s", "torch tok/s", "speedup", "jax compile", "prompt width j/t",
-                 "torch threads", "jax s", "torch s"], rows))
-    print(f"\n{args.new} new tokens per row, greedy, EOS disabled; medians of {args.repeats} timed calls; "
-          "torch threads probed per batch, base model without LoRA unless marked PEFT; "
-          f"wall time {time.perf_counter() - t_start:.0f} s")
+    print(
+        table(
+            [
+                "total batch",
+                "K×B",
+                "jax tok/s",
+                "torch tok/s",
+                "speedup",
+                "jax compile",
+                "prompt width j/t",
+                "torch threads",
+                "jax s",
+                "torch s",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"\n{args.new} new tokens per row, greedy, EOS disabled; medians of {args.repeats} timed calls; "
+        "torch threads probed per batch, base model without LoRA unless marked PEFT; "
+        f"wall time {time.perf_counter() - t_start:.0f} s"
+    )
     total, tps_j, tps_t = results[-1]
     met = all(tj / tt >= TARGET_SPEEDUP for _, tj, tt in results)
-    print(f"target ≥ {TARGET_SPEEDUP:g}× HF generate at every total batch: {'met' if met else 'NOT met'} "
-          f"({', '.join(f'{n}: {tj / tt:.2f}×' for n, tj, tt in results)})")
-    print(f"RESULT decode tokens_per_s_jax={tps_j:.0f} tokens_per_s_torch={tps_t:.0f} speedup={tps_j / tps_t:.2f}")
+    print(
+        f"target ≥ {TARGET_SPEEDUP:g}× HF generate at every total batch: {'met' if met else 'NOT met'} "
+        f"({', '.join(f'{n}: {tj / tt:.2f}×' for n, tj, tt in results)})"
+    )
+    print(
+        f"RESULT decode tokens_per_s_jax={tps_j:.0f} tokens_per_s_torch={tps_t:.0f} speedup={tps_j / tps_t:.2f}"
+    )
 
 
 if __name__ == "__main__":

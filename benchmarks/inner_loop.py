@@ -155,16 +155,22 @@ class Layout:
 
 def layout_of(jobs: Sequence[AdaptJob], tokenizer: Any, cfg: InnerConfig) -> Layout:
     """How `Evaluator` lays out these jobs (`build_step_batches`), computed on the host without running."""
-    enc = [[encode_example(tokenizer, ex, j.hparams.loss_on_all_tokens, cfg.max_length) for ex in j.examples]
-           for j in jobs]
+    enc = [
+        [encode_example(tokenizer, ex, j.hparams.loss_on_all_tokens, cfg.max_length) for ex in j.examples]
+        for j in jobs
+    ]
     lengths = [[len(e.ids) for e in es] for es in enc]
     epochs = {j.hparams.epochs for j in jobs}
     if len(epochs) != 1:
         raise ValueError("all jobs must have the same number of epochs")
     steps = [steps_for(len(ls), jobs[0].hparams.epochs, cfg.batch_size) for ls in lengths]
-    return Layout(lengths, epochs.pop(), round_up(max(steps), cfg.step_bucket),
-                  round_up(max(max(ls) for ls in lengths), cfg.length_bucket),
-                  [round_up(s, cfg.step_bucket) for s in steps])
+    return Layout(
+        lengths,
+        epochs.pop(),
+        round_up(max(steps), cfg.step_bucket),
+        round_up(max(max(ls) for ls in lengths), cfg.length_bucket),
+        [round_up(s, cfg.step_bucket) for s in steps],
+    )
 
 
 # ------------------------------------------------------------------------------------------------ seal_jax
@@ -180,6 +186,7 @@ def compile_only(ev: Evaluator) -> Iterator[None]:
         def call(*args: Any) -> Any:
             fn.lower(*args).compile()
             return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *args))
+
         return call
 
     ev._adapt, ev._generate = wrap(ev._adapt), wrap(ev._generate)
@@ -214,11 +221,18 @@ def run_evaluator(model: LoadedModel, cfg: EngineConfig, jobs: Sequence[AdaptJob
     results = ev.run(jobs)
     c2, _ = watch.snapshot()
     k = cfg.chunk_k
-    chunks = [jobs[i:i + k] for i in range(0, len(jobs), k)]
+    chunks = [jobs[i : i + k] for i in range(0, len(jobs), k)]
     steps = sum(layout_of(c, tokenizer, cfg.inner).chunk_steps for c in chunks)
     chunks_run = len(chunks)
-    return JaxRun(ev.timings["adapt_s"] / steps, ev.timings["generate_s"] / chunks_run / min(k, len(jobs)),
-                  c1 - c0, s1 - s0, c2 - c1, steps, [r.answers for r in results])
+    return JaxRun(
+        ev.timings["adapt_s"] / steps,
+        ev.timings["generate_s"] / chunks_run / min(k, len(jobs)),
+        c1 - c0,
+        s1 - s0,
+        c2 - c1,
+        steps,
+        [r.answers for r in results],
+    )
 
 
 # --------------------------------------------------------------------------------------------------- torch
@@ -232,8 +246,13 @@ def _lora_config() -> Any:
 
 
 def _generation_kwargs(tokenizer: Any) -> dict[str, Any]:
-    return dict(max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=list(stop_ids(tokenizer)),
-                pad_token_id=pad_id(tokenizer), use_cache=True)
+    return dict(
+        max_new_tokens=MAX_NEW,
+        do_sample=False,
+        eos_token_id=list(stop_ids(tokenizer)),
+        pad_token_id=pad_id(tokenizer),
+        use_cache=True,
+    )
 
 
 def reference_stack(torch_model: Any, tokenizer: Any, job: AdaptJob, steps: int) -> dict[str, Any]:
@@ -265,18 +284,35 @@ def reference_stack(torch_model: Any, tokenizer: Any, job: AdaptJob, steps: int)
     rows = []
     for ex in job.examples:
         enc = tokenizer(ex.completion, truncation=True, max_length=REF_MAX_LENGTH, padding="max_length")
-        rows.append({"input_ids": torch.tensor(enc["input_ids"]),
-                     "attention_mask": torch.tensor(enc["attention_mask"]),
-                     "labels": torch.tensor(enc["input_ids"])})  # labels = input_ids: pads are in the loss
+        rows.append(
+            {
+                "input_ids": torch.tensor(enc["input_ids"]),
+                "attention_mask": torch.tensor(enc["attention_mask"]),
+                "labels": torch.tensor(enc["input_ids"]),
+            }
+        )  # labels = input_ids: pads are in the loss
     model = get_peft_model(torch_model, _lora_config())
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, per_device_train_batch_size=1, num_train_epochs=10,
-                                 learning_rate=1e-3, lr_scheduler_type="linear", warmup_steps=0,
-                                 weight_decay=0.0, max_grad_norm=1.0, gradient_accumulation_steps=1,
-                                 report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
-                                 disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-                                 seed=job.seed)
+        args = TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=1,
+            num_train_epochs=10,
+            learning_rate=1e-3,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            gradient_accumulation_steps=1,
+            report_to=[],
+            save_strategy="no",
+            logging_strategy="no",
+            use_cpu=True,
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            seed=job.seed,
+        )
         trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[timer])
         trainer.train()
     setup = timer.begin[0] - t0
@@ -337,8 +373,8 @@ def fair_torch(torch_model: Any, tokenizer: Any, job: AdaptJob, epochs: int, ans
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for r, p in enumerate(prompts):  # left padding for batched decoder-only generation
-            ids[r, width - len(p):] = torch.tensor(p)
-            mask[r, width - len(p):] = 1
+            ids[r, width - len(p) :] = torch.tensor(p)
+            mask[r, width - len(p) :] = 1
         t = time.perf_counter()
         with torch.no_grad():
             model.generate(input_ids=ids, attention_mask=mask, **_generation_kwargs(tokenizer))
@@ -356,7 +392,7 @@ def step_time_model(steps: Sequence[tuple[int, float]]) -> Any:
     if len(med) > 1:
         slope, icpt = np.polyfit(list(med), list(med.values()), 1)
     else:
-        (w0, t0), = med.items()
+        ((w0, t0),) = med.items()
         slope, icpt = t0 / w0, 0.0
     return lambda w: med.get(w, float(icpt + slope * w))
 
@@ -365,25 +401,46 @@ def step_time_model(steps: Sequence[tuple[int, float]]) -> Any:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="same shapes, a few timed steps per adapter, scaled")
     p.add_argument("--passage", type=int, default=0, help="index of the base_val passage (K=15 of its SEs)")
     p.add_argument("--seeds", type=int, default=3, help="inner-loop seeds per self-edit (K = 5 × seeds)")
     p.add_argument("--quick-steps", type=int, default=1, help="--quick: optimizer steps per adapter timed")
-    p.add_argument("--sequential", type=int, default=None,
-                   help="jobs run one at a time by seal_jax (default: all; --quick: 1)")
-    p.add_argument("--fair-ses", type=int, default=None,
-                   help="self-edits run by the fair torch loop (default: all; --quick: 1, one epoch)")
-    p.add_argument("--ref-steps", type=int, default=None,
-                   help="optimizer steps of the reference stack timed (default 3; --quick: 2)")
-    p.add_argument("--remat", choices=("on", "off"), default=None,
-                   help="override InnerConfig.remat (engine experiment; default: the engine's default)")
+    p.add_argument(
+        "--sequential",
+        type=int,
+        default=None,
+        help="jobs run one at a time by seal_jax (default: all; --quick: 1)",
+    )
+    p.add_argument(
+        "--fair-ses",
+        type=int,
+        default=None,
+        help="self-edits run by the fair torch loop (default: all; --quick: 1, one epoch)",
+    )
+    p.add_argument(
+        "--ref-steps",
+        type=int,
+        default=None,
+        help="optimizer steps of the reference stack timed (default 3; --quick: 2)",
+    )
+    p.add_argument(
+        "--remat",
+        choices=("on", "off"),
+        default=None,
+        help="override InnerConfig.remat (engine experiment; default: the engine's default)",
+    )
     p.add_argument("--loss-chunk", type=int, default=None, help="InnerConfig.loss_chunk (engine experiment)")
     p.add_argument("--skip-torch", action="store_true", help="seal_jax only (engine experiments)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: the faster of 1 and all cores, probed before each "
-                        "torch phase)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: the faster of 1 and all cores, probed before each "
+        "torch phase)",
+    )
     args = p.parse_args(argv)
     if args.sequential is None:
         args.sequential = 1 if args.quick else args.seeds * COMPLETIONS
@@ -407,14 +464,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     jobs = make_jobs(item, domain, args.seeds)
     k = len(jobs)
     overrides = ({"remat": args.remat == "on"} if args.remat else {}) | (
-        {"loss_chunk": args.loss_chunk} if args.loss_chunk else {})
+        {"loss_chunk": args.loss_chunk} if args.loss_chunk else {}
+    )
     inner = InnerConfig(**overrides)
     full = layout_of(jobs, tok, inner)
-    print(f"InnerConfig: remat={inner.remat}, loss_chunk={inner.loss_chunk}, length_bucket={inner.length_bucket}, "
-          f"step_bucket={inner.step_bucket}")
-    print(f"workload: {source}; passage {item.passage.title!r}: {len(item.passage.questions)} questions, "
-          f"K={k} jobs, sequences per job {[len(ls) for ls in full.lengths]}, chunk layout "
-          f"S={full.chunk_steps} steps × B=1 × T={full.seq_len}", flush=True)
+    print(
+        f"InnerConfig: remat={inner.remat}, loss_chunk={inner.loss_chunk}, length_bucket={inner.length_bucket}, "
+        f"step_bucket={inner.step_bucket}"
+    )
+    print(
+        f"workload: {source}; passage {item.passage.title!r}: {len(item.passage.questions)} questions, "
+        f"K={k} jobs, sequences per job {[len(ls) for ls in full.lengths]}, chunk layout "
+        f"S={full.chunk_steps} steps × B=1 × T={full.seq_len}",
+        flush=True,
+    )
 
     peak0, _ = matmul_peak_gflops()
     print(f"matmul peak (f32 2048³ jnp.dot, median of 5): {peak0:.0f} GFLOP/s", flush=True)
@@ -430,33 +493,47 @@ def main(argv: Sequence[str] | None = None) -> None:
     # 1. K in parallel.
     run_k = run_evaluator(model, EngineConfig(timed_inner, sampling, chunk_k=k), timed_jobs, tok)
     rss_k = peak_rss_gb()
-    print(f"seal_jax K={k}: {run_k.step_s:.2f} s/step ({run_k.steps_computed} steps timed), answers "
-          f"{run_k.answer_s_per_job * k:.1f} s for the chunk; {run_k.compiles} compiles in "
-          f"{run_k.compile_s:.0f} s; peak RSS {rss_k:.2f} GB", flush=True)
+    print(
+        f"seal_jax K={k}: {run_k.step_s:.2f} s/step ({run_k.steps_computed} steps timed), answers "
+        f"{run_k.answer_s_per_job * k:.1f} s for the chunk; {run_k.compiles} compiles in "
+        f"{run_k.compile_s:.0f} s; peak RSS {rss_k:.2f} GB",
+        flush=True,
+    )
 
     # 2. One adapter at a time.
     peak_seq, _ = matmul_peak_gflops()
     seq_jobs = timed_jobs[: args.sequential]
     run_1 = run_evaluator(model, EngineConfig(timed_inner, sampling, chunk_k=1), seq_jobs, tok)
-    print(f"seal_jax K=1: {run_1.step_s:.2f} s/step ({run_1.steps_computed} steps over {len(seq_jobs)} jobs), "
-          f"answers {run_1.answer_s_per_job:.1f} s/job; {run_1.compiles} compiles in {run_1.compile_s:.0f} s",
-          flush=True)
+    print(
+        f"seal_jax K=1: {run_1.step_s:.2f} s/step ({run_1.steps_computed} steps over {len(seq_jobs)} jobs), "
+        f"answers {run_1.answer_s_per_job:.1f} s/job; {run_1.compiles} compiles in {run_1.compile_s:.0f} s",
+        flush=True,
+    )
 
     scaled = "steps scaled" if args.quick else ""
     flops_chunk_step = train_flops(cfg, k * full.seq_len, full.seq_len)
     useful = full.real_flops(cfg)
     contenders = {
-        "k": Contender(f"seal_jax Evaluator chunk_k={k}", run_k.step_s * full.chunk_steps / k, run_k.answer_s_per_job,
-                  scaled=scaled,
-                  mfu_useful=useful / (run_k.step_s * full.chunk_steps) / (peak0 * 1e9),
-                  mfu_computed=flops_chunk_step / run_k.step_s / (peak0 * 1e9), peak=peak0),
-        "seq": Contender("seal_jax one adapter at a time (chunk_k=1)", run_1.step_s * np.mean(full.single_steps),
-                  run_1.answer_s_per_job,
-                  scaled=", ".join(x for x in (scaled, f"{len(seq_jobs)}/{k} jobs timed"
-                                                if len(seq_jobs) < k else "") if x),
-                  mfu_useful=useful / (run_1.step_s * sum(full.single_steps)) / (peak_seq * 1e9),
-                  mfu_computed=train_flops(cfg, full.seq_len, full.seq_len) / run_1.step_s / (peak_seq * 1e9),
-                  peak=peak_seq),
+        "k": Contender(
+            f"seal_jax Evaluator chunk_k={k}",
+            run_k.step_s * full.chunk_steps / k,
+            run_k.answer_s_per_job,
+            scaled=scaled,
+            mfu_useful=useful / (run_k.step_s * full.chunk_steps) / (peak0 * 1e9),
+            mfu_computed=flops_chunk_step / run_k.step_s / (peak0 * 1e9),
+            peak=peak0,
+        ),
+        "seq": Contender(
+            "seal_jax one adapter at a time (chunk_k=1)",
+            run_1.step_s * np.mean(full.single_steps),
+            run_1.answer_s_per_job,
+            scaled=", ".join(
+                x for x in (scaled, f"{len(seq_jobs)}/{k} jobs timed" if len(seq_jobs) < k else "") if x
+            ),
+            mfu_useful=useful / (run_1.step_s * sum(full.single_steps)) / (peak_seq * 1e9),
+            mfu_computed=train_flops(cfg, full.seq_len, full.seq_len) / run_1.step_s / (peak_seq * 1e9),
+            peak=peak_seq,
+        ),
     }
 
     if not args.skip_torch:
@@ -466,8 +543,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.threads:
                 return f"{args.threads} threads"
             n, secs = pick_torch_threads(torch_model, (1, os.cpu_count() or 1))
-            print(f"torch threads: {n} ({', '.join(f'{t}: {1e3 * s:.0f} ms' for t, s in secs.items())} "
-                  "per small forward)", flush=True)
+            print(
+                f"torch threads: {n} ({', '.join(f'{t}: {1e3 * s:.0f} ms' for t, s in secs.items())} "
+                "per small forward)",
+                flush=True,
+            )
             return f"{n} thread(s)"
 
         # 3. The reference stack, a few steps.
@@ -477,15 +557,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         ref_step = median(ref["step_s"])
         ref_steps_per_job = np.mean([full.steps(j) for j in range(k)])
         n_q = len(jobs[0].queries)
-        contenders["ref"] = (Contender(
-            "reference stack: HF Trainer + PEFT, pad 2048", ref_step * ref_steps_per_job, n_q * ref["generate_s"],
+        contenders["ref"] = Contender(
+            "reference stack: HF Trainer + PEFT, pad 2048",
+            ref_step * ref_steps_per_job,
+            n_q * ref["generate_s"],
             setup_s=ref["setup_s"],
             scaled=f"median of {len(ref['step_s'])} steps × {ref_steps_per_job:.0f} steps; "
-                   f"1 generate × {n_q} questions; torch {ref_threads}",
+            f"1 generate × {n_q} questions; torch {ref_threads}",
             mfu_computed=train_flops(cfg, REF_MAX_LENGTH, REF_MAX_LENGTH) / ref_step / (peak_ref * 1e9),
-            peak=peak_ref))
-        print(f"reference: steps {[round(s, 2) for s in ref['step_s']]} s, setup {ref['setup_s']:.1f} s, "
-              f"1 generate {ref['generate_s']:.1f} s", flush=True)
+            peak=peak_ref,
+        )
+        print(
+            f"reference: steps {[round(s, 2) for s in ref['step_s']]} s, setup {ref['setup_s']:.1f} s, "
+            f"1 generate {ref['generate_s']:.1f} s",
+            flush=True,
+        )
 
         # 4. The fair torch loop.
         fair_threads = threads()
@@ -494,66 +580,147 @@ def main(argv: Sequence[str] | None = None) -> None:
         fair_epochs = 1 if args.quick else full.epochs
         for j, job in enumerate(jobs[: args.fair_ses]):
             fair_runs.append(fair_torch(torch_model, tok, job, fair_epochs, answer=True))
-            print(f"fair torch job {j}: {len(fair_runs[-1]['steps'])} steps, "
-                  f"generate {fair_runs[-1]['generate_s']:.1f} s", flush=True)
+            print(
+                f"fair torch job {j}: {len(fair_runs[-1]['steps'])} steps, "
+                f"generate {fair_runs[-1]['generate_s']:.1f} s",
+                flush=True,
+            )
         # The first step of the first run also warms torch up: leave it out of the step-time medians.
         steps = [s for r in fair_runs for s in r["steps"]][1:]
         t_of = step_time_model(steps)
-        fair_train = np.mean([full.epochs * sum(t_of(round_up(n, FAIR_BUCKET)) for n in ls)
-                              for ls in full.lengths])
-        fair_flops = sum(full.epochs * train_flops(cfg, round_up(n, FAIR_BUCKET), round_up(n, FAIR_BUCKET))
-                         for ls in full.lengths for n in ls)
-        contenders["fair"] = (Contender(
-            "fair torch + PEFT loop, pad to 64-bucket", fair_train,
-            median([r["generate_s"] for r in fair_runs]), setup_s=median([r["setup_s"] for r in fair_runs]),
-            scaled=(f"median step time per width from {len(steps)} steps of {len(fair_runs)} job(s) × "
-                    f"every job's steps; torch {fair_threads}") if len(fair_runs) < k or fair_epochs < full.epochs
-                   else f"torch {fair_threads}",
+        fair_train = np.mean(
+            [full.epochs * sum(t_of(round_up(n, FAIR_BUCKET)) for n in ls) for ls in full.lengths]
+        )
+        fair_flops = sum(
+            full.epochs * train_flops(cfg, round_up(n, FAIR_BUCKET), round_up(n, FAIR_BUCKET))
+            for ls in full.lengths
+            for n in ls
+        )
+        contenders["fair"] = Contender(
+            "fair torch + PEFT loop, pad to 64-bucket",
+            fair_train,
+            median([r["generate_s"] for r in fair_runs]),
+            setup_s=median([r["setup_s"] for r in fair_runs]),
+            scaled=(
+                f"median step time per width from {len(steps)} steps of {len(fair_runs)} job(s) × "
+                f"every job's steps; torch {fair_threads}"
+            )
+            if len(fair_runs) < k or fair_epochs < full.epochs
+            else f"torch {fair_threads}",
             mfu_useful=useful / (fair_train * k) / (peak_fair * 1e9),
-            mfu_computed=fair_flops / (fair_train * k) / (peak_fair * 1e9), peak=peak_fair))
+            mfu_computed=fair_flops / (fair_train * k) / (peak_fair * 1e9),
+            peak=peak_fair,
+        )
 
     peak1, _ = matmul_peak_gflops()
     report(args, contenders, full, run_k, run_1, peak0, peak1, rss_k, watch, t_start, k)
 
 
-def report(args: argparse.Namespace, contenders: dict[str, Contender], full: Layout, run_k: JaxRun, run_1: JaxRun,
-           peak0: float, peak1: float, rss_k: float, watch: CompileWatch, t_start: float, k: int) -> None:
+def report(
+    args: argparse.Namespace,
+    contenders: dict[str, Contender],
+    full: Layout,
+    run_k: JaxRun,
+    run_1: JaxRun,
+    peak0: float,
+    peak1: float,
+    rss_k: float,
+    watch: CompileWatch,
+    t_start: float,
+    k: int,
+) -> None:
     """Prints the comparison table, the token accounting, the targets, and the RESULT line."""
     fmt = lambda x: "-" if x is None else f"{100 * x:.1f}%"
     jk, seq = contenders["k"], contenders["seq"]
     ref, fair = contenders.get("ref"), contenders.get("fair")
-    rows = [[c.name, f"{c.per_eval_s:.2f}", f"{1 / c.per_eval_s:.4f}", f"{c.per_eval_s / jk.per_eval_s:.2f}×",
-             f"{c.train_s:.2f}", f"{c.answer_s:.2f}", f"{c.setup_s:.2f}", fmt(c.mfu_useful), fmt(c.mfu_computed),
-             f"{c.peak:.0f}", c.scaled or "measured"] for c in contenders.values()]
+    rows = [
+        [
+            c.name,
+            f"{c.per_eval_s:.2f}",
+            f"{1 / c.per_eval_s:.4f}",
+            f"{c.per_eval_s / jk.per_eval_s:.2f}×",
+            f"{c.train_s:.2f}",
+            f"{c.answer_s:.2f}",
+            f"{c.setup_s:.2f}",
+            fmt(c.mfu_useful),
+            fmt(c.mfu_computed),
+            f"{c.peak:.0f}",
+            c.scaled or "measured",
+        ]
+        for c in contenders.values()
+    ]
     print()
-    print(table(["contender", "s/eval", "evals/s", "vs K=15", "train s", "answer s", "setup s",
-                 "MFU useful", "MFU computed", "peak GFLOP/s", "scaling"], rows))
+    print(
+        table(
+            [
+                "contender",
+                "s/eval",
+                "evals/s",
+                "vs K=15",
+                "train s",
+                "answer s",
+                "setup s",
+                "MFU useful",
+                "MFU computed",
+                "peak GFLOP/s",
+                "scaling",
+            ],
+            rows,
+        )
+    )
     real = full.real_tokens()
     print()
-    print(table(["training tokens for the 15 evaluations", "tokens", "× real"], [
-        ["real (sequence lengths)", real, "1.00"],
-        [f"seal_jax chunk_k={k} (K × S={full.chunk_steps} × T={full.seq_len})", k * full.chunk_steps * full.seq_len,
-         f"{k * full.chunk_steps * full.seq_len / real:.2f}"],
-        [f"seal_jax chunk_k=1 (Σ S_k × T={full.seq_len})", sum(full.single_steps) * full.seq_len,
-         f"{sum(full.single_steps) * full.seq_len / real:.2f}"],
-        ["fair torch (each sequence to its 64-bucket)", full.fair_tokens(), f"{full.fair_tokens() / real:.2f}"],
-        ["reference (each sequence to 2048)", full.reference_tokens(), f"{full.reference_tokens() / real:.2f}"],
-    ]))
+    print(
+        table(
+            ["training tokens for the 15 evaluations", "tokens", "× real"],
+            [
+                ["real (sequence lengths)", real, "1.00"],
+                [
+                    f"seal_jax chunk_k={k} (K × S={full.chunk_steps} × T={full.seq_len})",
+                    k * full.chunk_steps * full.seq_len,
+                    f"{k * full.chunk_steps * full.seq_len / real:.2f}",
+                ],
+                [
+                    f"seal_jax chunk_k=1 (Σ S_k × T={full.seq_len})",
+                    sum(full.single_steps) * full.seq_len,
+                    f"{sum(full.single_steps) * full.seq_len / real:.2f}",
+                ],
+                [
+                    "fair torch (each sequence to its 64-bucket)",
+                    full.fair_tokens(),
+                    f"{full.fair_tokens() / real:.2f}",
+                ],
+                [
+                    "reference (each sequence to 2048)",
+                    full.reference_tokens(),
+                    f"{full.reference_tokens() / real:.2f}",
+                ],
+            ],
+        )
+    )
     sp = lambda c: float("nan") if c is None else c.per_eval_s / jk.per_eval_s
-    print(f"\nMFU is against the matmul peak of the contender's framework measured just before its phase "
-          f"(column 'peak'; jnp.dot for seal_jax, torch.mm for torch); jnp.dot peak at the end: {peak1:.0f} "
-          "GFLOP/s. Other processes on the machine move these peaks: compare the peak column before the times.")
-    print(f"compiles: K={k}: {run_k.compiles} ({run_k.compile_s:.0f} s), K=1: {run_1.compiles} "
-          f"({run_1.compile_s:.0f} s), during timed runs: {run_k.timed_compiles + run_1.timed_compiles}; "
-          f"process total {watch.count} in {watch.seconds:.0f} s")
-    print(f"peak RSS after the K={k} run: {rss_k:.2f} GB; process peak {peak_rss_gb():.2f} GB; "
-          f"wall time {time.perf_counter() - t_start:.0f} s")
+    print(
+        f"\nMFU is against the matmul peak of the contender's framework measured just before its phase "
+        f"(column 'peak'; jnp.dot for seal_jax, torch.mm for torch); jnp.dot peak at the end: {peak1:.0f} "
+        "GFLOP/s. Other processes on the machine move these peaks: compare the peak column before the times."
+    )
+    print(
+        f"compiles: K={k}: {run_k.compiles} ({run_k.compile_s:.0f} s), K=1: {run_1.compiles} "
+        f"({run_1.compile_s:.0f} s), during timed runs: {run_k.timed_compiles + run_1.timed_compiles}; "
+        f"process total {watch.count} in {watch.seconds:.0f} s"
+    )
+    print(
+        f"peak RSS after the K={k} run: {rss_k:.2f} GB; process peak {peak_rss_gb():.2f} GB; "
+        f"wall time {time.perf_counter() - t_start:.0f} s"
+    )
     if args.quick:
-        print(f"--quick: seal_jax timed {args.quick_steps} optimizer step(s) per adapter at the full shapes and "
-              f"scaled per step to the full step counts (S={full.chunk_steps} for K={k}); the reference stack "
-              f"ran {args.ref_steps} step(s) of its ~{np.mean([full.steps(j) for j in range(k)]):.0f} per "
-              "evaluation and 1 generate; the fair loop ran one epoch of "
-              f"{args.fair_ses} self-edit(s). All ratios come from this one run.")
+        print(
+            f"--quick: seal_jax timed {args.quick_steps} optimizer step(s) per adapter at the full shapes and "
+            f"scaled per step to the full step counts (S={full.chunk_steps} for K={k}); the reference stack "
+            f"ran {args.ref_steps} step(s) of its ~{np.mean([full.steps(j) for j in range(k)]):.0f} per "
+            "evaluation and 1 generate; the fair loop ran one epoch of "
+            f"{args.fair_ses} self-edit(s). All ratios come from this one run."
+        )
     checks = [
         ("speedup vs reference stack", sp(ref), TARGET_VS_REFERENCE, "≥"),
         ("speedup vs fair torch loop", sp(fair), TARGET_VS_FAIR, "≥"),
@@ -562,13 +729,25 @@ def report(args: argparse.Namespace, contenders: dict[str, Contender], full: Lay
         (f"peak RSS at K={k} (GB)", rss_k, TARGET_RSS_GB, "≤"),
     ]
     print()
-    print(table(["target", "measured", "goal", "met"], [
-        [name, f"{v:.3g}", f"{op} {goal:g}",
-         "n/a" if math.isnan(v) else ("yes" if (v >= goal if op == "≥" else v <= goal) else "NO")]
-        for name, v, goal, op in checks]))
-    print(f"\nRESULT k={k} speedup_vs_reference={sp(ref):.1f} speedup_vs_fair_torch={sp(fair):.2f} "
-          f"speedup_vs_sequential={seq.per_eval_s / jk.per_eval_s:.2f} mfu={jk.mfu_useful:.3f} "
-          f"peak_rss_gb={rss_k:.2f}")
+    print(
+        table(
+            ["target", "measured", "goal", "met"],
+            [
+                [
+                    name,
+                    f"{v:.3g}",
+                    f"{op} {goal:g}",
+                    "n/a" if math.isnan(v) else ("yes" if (v >= goal if op == "≥" else v <= goal) else "NO"),
+                ]
+                for name, v, goal, op in checks
+            ],
+        )
+    )
+    print(
+        f"\nRESULT k={k} speedup_vs_reference={sp(ref):.1f} speedup_vs_fair_torch={sp(fair):.2f} "
+        f"speedup_vs_sequential={seq.per_eval_s / jk.per_eval_s:.2f} mfu={jk.mfu_useful:.3f} "
+        f"peak_rss_gb={rss_k:.2f}"
+    )
 
 
 if __name__ == "__main__":
