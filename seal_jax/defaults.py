@@ -58,7 +58,8 @@ def knowledge() -> ml_collections.ConfigDict:
             "schedule": "linear",
             "warmup_steps": 0,
             "max_length": 2048,
-            "length_bucket": 64,
+            "length_bucket": 16,
+            "max_levels": 3,  # step lengths per compiled chunk (engine/inner.py: length_levels)
             "loss_chunk": 64,
             "remat": True,  # peak memory 9.2 -> 3.4 GB at K=15 (docs/benchmarks.md)
             "chunk_k": 15,
@@ -139,7 +140,8 @@ def arc() -> ml_collections.ConfigDict:
             "schedule": "cosine",
             "warmup_steps": 11,
             "max_length": 8192,
-            "length_bucket": 64,
+            "length_bucket": 16,
+            "max_levels": 3,  # step lengths per compiled chunk (engine/inner.py: length_levels)
             "loss_chunk": 64,
             "remat": True,
             "chunk_k": 5,

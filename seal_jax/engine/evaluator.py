@@ -15,13 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from flax import nnx
 
 from seal_jax.domains.base import InnerHparams, TrainExample
 from seal_jax.engine import sharding
 from seal_jax.engine.inner import (
     AdapterHparams,
+    AdaptStats,
     EncodedExample,
     InnerConfig,
+    StepLayout,
     build_step_batches,
     encode_example,
     steps_for,
@@ -120,37 +123,48 @@ class Evaluator:
             )
         return [results[i] for i in range(len(jobs))]
 
+    def prepare(self, jobs: Sequence[AdaptJob]) -> tuple[StepLayout, AdapterHparams, nnx.State]:
+        """The inner loop's inputs for `jobs` (one compiled call): step layout, per-adapter hparams, fresh LoRAs."""
+        layout = build_step_batches(
+            [self.encode(j) for j in jobs],
+            [j.hparams.epochs for j in jobs],
+            [j.seed for j in jobs],
+            self.cfg.inner,
+            pad_id=pad_id(self.model.tokenizer),
+        )
+        hparams = AdapterHparams(
+            jnp.asarray([j.hparams.learning_rate for j in jobs], jnp.float32),
+            jnp.asarray(layout.steps),
+            jnp.full((len(jobs),), self.cfg.warmup_steps, jnp.int32),
+        )
+        keys = jnp.stack([jax.random.key(j.seed) for j in jobs])
+        return layout, hparams, init_lora_k(self.model.config, self.cfg.inner.lora, keys)
+
+    def adapt(
+        self, layout: StepLayout, hparams: AdapterHparams, lora0: nnx.State
+    ) -> tuple[nnx.State, AdaptStats]:
+        """Runs the compiled inner loop on a prepared chunk (`lora0` is donated)."""
+        t0 = time.perf_counter()
+        batches, schedule = jax.tree.map(jnp.asarray, (layout.batches, layout.schedule))
+        lora, stats = self._adapt(lora0, self.base, batches, schedule, hparams)
+        stats = jax.tree.map(np.asarray, stats)
+        self.timings["adapt_s"] += time.perf_counter() - t0
+        return lora, stats
+
     def run_chunk(self, jobs: list[AdaptJob], k: int) -> list[AdaptResult]:
         """Adapts len(jobs) <= k adapters (padded to k with zero-step copies) and answers their queries."""
         padded = jobs + [dataclasses.replace(jobs[0], examples=(), seed=0)] * (k - len(jobs))
-        tok = self.model.tokenizer
-        encoded = [self.encode(j) for j in padded]
-        batches, steps = build_step_batches(
-            encoded,
-            [j.hparams.epochs for j in padded],
-            [j.seed for j in padded],
-            self.cfg.inner,
-            pad_id=pad_id(tok),
-        )
-        hparams = AdapterHparams(
-            jnp.asarray([j.hparams.learning_rate for j in padded], jnp.float32),
-            jnp.asarray(steps),
-            jnp.full((k,), self.cfg.warmup_steps, jnp.int32),
-        )
-        keys = jnp.stack([jax.random.key(j.seed) for j in padded])
-        lora0 = init_lora_k(self.model.config, self.cfg.inner.lora, keys)
-        if steps.max() == 0:  # nothing to train (baselines): fresh adapters are the base model
+        layout, hparams, lora0 = self.prepare(padded)
+        if layout.steps.max() == 0:  # nothing to train (baselines): fresh adapters are the base model
             lora, losses, nonfinite = lora0, np.zeros((k, 0), np.float32), np.zeros(k, bool)
         else:
-            t0 = time.perf_counter()
-            lora, stats = self._adapt(lora0, self.base, jax.tree.map(jnp.asarray, batches), hparams)
-            losses, nonfinite = np.asarray(stats.losses), np.asarray(stats.nonfinite)
-            self.timings["adapt_s"] += time.perf_counter() - t0
+            lora, stats = self.adapt(layout, hparams, lora0)
+            losses, nonfinite = stats.losses, stats.nonfinite
         answers = self.answer(lora, [list(j.queries) for j in padded], [j.seed for j in padded])
         if nonfinite[: len(jobs)].any():
             logging.warning("%d adapter(s) hit a non-finite loss and were frozen", int(nonfinite.sum()))
         return [
-            AdaptResult(answers[i], losses[i, : steps[i]].tolist(), bool(nonfinite[i]))
+            AdaptResult(answers[i], layout.real_losses(losses, i) if losses.size else [], bool(nonfinite[i]))
             for i in range(len(jobs))
         ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -12,11 +14,11 @@ def chunked_nll_sum(hidden: Array, head: Array, targets: Array, mask: Array, chu
     """Sum of masked token NLLs.
 
     hidden: [B, T, D] final hidden states; head: [D, V]; targets: int [B, T] (the next tokens);
-    mask: [B, T] weights (0 where no loss). T must be a multiple of `chunk` (batches are bucketed so it is).
+    mask: [B, T] weights (0 where no loss). Chunks are `gcd(chunk, T)` tokens long (T itself if shorter).
     Each chunk's [B, chunk, V] logits are rematerialized in the backward pass instead of stored.
     """
     b, t, _d = hidden.shape
-    chunk = min(chunk, t)
+    chunk = math.gcd(chunk, t) if t > chunk else t
     n = t // chunk
 
     @jax.checkpoint

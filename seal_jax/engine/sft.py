@@ -59,19 +59,18 @@ def sft_policy(policy: LoadedModel, pairs: Sequence[TrainExample], cfg: SftConfi
         encode_example(policy.tokenizer, p, loss_on_all_tokens=False, max_length=cfg.max_length)
         for p in pairs
     ]
-    batches, steps = build_step_batches(
-        [encoded], [cfg.epochs], [seed], inner, pad_id=pad_id(policy.tokenizer)
-    )
+    layout = build_step_batches([encoded], [cfg.epochs], [seed], inner, pad_id=pad_id(policy.tokenizer))
     hparams = AdapterHparams(
         jnp.asarray([cfg.learning_rate], jnp.float32),
-        jnp.asarray(steps),
+        jnp.asarray(layout.steps),
         jnp.asarray([cfg.warmup_steps], jnp.int32),
     )
     lora0 = init_lora_k(policy.config, cfg.lora, jax.random.key(seed)[None])
     lora, stats = adapt_k(
         lora0,
         policy.base,
-        jax.tree.map(jnp.asarray, batches),
+        jax.tree.map(jnp.asarray, layout.batches),
+        jax.tree.map(jnp.asarray, layout.schedule),
         hparams,
         graphdef=policy.graphdef(cfg.lora),
         cfg=inner,
@@ -80,4 +79,4 @@ def sft_policy(policy: LoadedModel, pairs: Sequence[TrainExample], cfg: SftConfi
         raise FloatingPointError("the M-step hit a non-finite loss; the policy is left unchanged")
     adapter = jax.tree.map(lambda x: x[0], lora)
     merged = policy.with_base(merge_lora(policy.base, adapter, cfg.lora))
-    return SftResult(merged, adapter, np.asarray(stats.losses[0, : int(steps[0])]).tolist())
+    return SftResult(merged, adapter, layout.real_losses(stats.losses, 0))

@@ -91,14 +91,21 @@ def place_base(mesh: Mesh, base: nnx.State) -> nnx.State:
 
 
 def sharded_adapt_k(mesh: Mesh, graphdef: nnx.GraphDef, cfg: InnerConfig, base: nnx.State) -> Callable:
-    """jit(vmap(adapt)) on `mesh` with explicit shardings; `(lora0, base, batches, hparams) -> (lora, stats)`.
+    """jit(vmap(adapt)) on `mesh` with explicit shardings;
+    `(lora0, base, batches, schedule, hparams) -> (lora, stats)` (the schedule is replicated).
 
     Build it once per run (it is a compiled-function cache); the adapter input is donated.
     """
     k_axis = adapter_sharding(mesh)
     return jax.jit(
         vmapped_adapt(graphdef, cfg, spmd_axis_name="data"),
-        in_shardings=(k_axis, base_shardings(mesh, base), k_axis, k_axis),
+        in_shardings=(
+            k_axis,
+            base_shardings(mesh, base),
+            k_axis,
+            NamedSharding(mesh, PartitionSpec()),
+            k_axis,
+        ),
         out_shardings=k_axis,
         donate_argnums=(0,),
     )

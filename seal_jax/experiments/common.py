@@ -33,8 +33,8 @@ def lora_config(c: Any) -> LoraConfig:
         raise UserInputError(str(err)) from None
 
 
-def inner_config(c: Any) -> InnerConfig:
-    """cfg.inner -> InnerConfig (pad_to 0 = bucketed lengths, the default)."""
+def inner_config(c: Any, seed: int) -> InnerConfig:
+    """cfg.inner -> InnerConfig (pad_to 0 = bucketed lengths, the default); `seed` seeds the shared order stream."""
     try:
         return InnerConfig(
             lora=lora_config(c),
@@ -42,6 +42,8 @@ def inner_config(c: Any) -> InnerConfig:
             schedule=c.schedule,
             max_length=int(c.max_length),
             length_bucket=int(c.length_bucket),
+            max_levels=int(c.max_levels),
+            order_seed=seed,
             loss_chunk=int(c.loss_chunk),
             remat=bool(c.remat),
             pad_to=int(c.pad_to) or None,
@@ -87,7 +89,7 @@ def make_evaluator(model: LoadedModel, cfg: Any, max_new: int) -> Evaluator:
     """The K-adapter evaluator on the configured mesh."""
     mesh = sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
     engine = EngineConfig(
-        inner=inner_config(cfg.inner),
+        inner=inner_config(cfg.inner, int(cfg.seed)),
         sampling=sampling_config(model.tokenizer, max_new=max_new),
         chunk_k=int(cfg.inner.chunk_k),
         warmup_steps=int(cfg.inner.warmup_steps),

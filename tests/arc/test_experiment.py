@@ -37,12 +37,16 @@ def test_tiny_arc_end_to_end(tmp_path):
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in payload["table"])
     assert json.loads((tmp_path / "run" / "results.json").read_text())["table"] == payload["table"]
     assert (tmp_path / "run" / "checkpoints" / "1").exists()
-    journal = [json.loads(line) for line in (tmp_path / "run" / "journal" / "round_0.jsonl").read_text().splitlines()]
+    journal = [
+        json.loads(line) for line in (tmp_path / "run" / "journal" / "round_0.jsonl").read_text().splitlines()
+    ]
     evaluations = [r for r in journal if "/eval/" in r["key"]]
     assert len(evaluations) == 2 * 2  # 2 tasks x 2 self-edits x 1 seed
     # a random tiny model writes no valid JSON plan: every self-edit is Invalid, journaled with its reason, reward 0
     assert all(r["reward"] == 0.0 and r["invalid"] for r in evaluations)
-    oracle = [json.loads(line) for line in (tmp_path / "run" / "journal" / "heldout.jsonl").read_text().splitlines()]
+    oracle = [
+        json.loads(line) for line in (tmp_path / "run" / "journal" / "heldout.jsonl").read_text().splitlines()
+    ]
     oracle = [r for r in oracle if r["key"].startswith("oracle/")]
     assert len(oracle) == 1 and "sub_tasks" in oracle[0] and oracle[0]["n_sequences"] > 0
     assert list((tmp_path / "run" / "pictures").glob("oracle_*.png"))

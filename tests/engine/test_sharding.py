@@ -35,20 +35,20 @@ SCRIPT = textwrap.dedent("""
     graphdef = model.graphdef(lora_cfg)
     rng = np.random.default_rng(0)
     adapters = [[EncodedExample(rng.integers(0, 256, n).astype(np.int32), np.ones(n, np.float32))
-                 for n in lens] for lens in ([10, 12], [7], [9, 5, 14], [16])]
-    batches, steps = build_step_batches(adapters, [2, 3, 1, 4], [0, 1, 2, 3], cfg, pad_id=0)
-    batches = jax.tree.map(jnp.asarray, batches)
-    hp = AdapterHparams(jnp.asarray([3e-2, 1e-2, 5e-2, 2e-2], jnp.float32), jnp.asarray(steps),
+                 for n in lens] for lens in ([10, 12], [7], [9, 5, 40], [16])]
+    layout = build_step_batches(adapters, [2, 3, 1, 4], [0, 1, 2, 3], cfg, pad_id=0)
+    batches, schedule = jax.tree.map(jnp.asarray, (layout.batches, layout.schedule))
+    hp = AdapterHparams(jnp.asarray([3e-2, 1e-2, 5e-2, 2e-2], jnp.float32), jnp.asarray(layout.steps),
                         jnp.zeros(4, jnp.int32))
     keys = jnp.stack([jax.random.key(s) for s in range(4)])
-    ref_lora, ref_stats = inner.adapt_k(init_lora_k(model.config, lora_cfg, keys), model.base, batches, hp,
+    ref_lora, ref_stats = inner.adapt_k(init_lora_k(model.config, lora_cfg, keys), model.base, batches, schedule, hp,
                                         graphdef=graphdef, cfg=cfg)
 
     mesh = sharding.make_mesh(sharding.MeshConfig(data=4, fsdp=2), jax.devices())
     base = sharding.place_base(mesh, model.base)
     out["wq_spec"] = str(base["layers"]["wq"][...].sharding.spec)
     adapt = sharding.sharded_adapt_k(mesh, graphdef, cfg, base)
-    lora, stats = adapt(init_lora_k(model.config, lora_cfg, keys), base, batches, hp)
+    lora, stats = adapt(init_lora_k(model.config, lora_cfg, keys), base, batches, schedule, hp)
     out["lora_spec"] = str(jax.tree.leaves(lora)[0].sharding.spec)
     out["lora_devices"] = len(jax.tree.leaves(lora)[0].sharding.device_set)
     out["adapt_max_diff"] = max(float(jnp.abs(a - b).max())
