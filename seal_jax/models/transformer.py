@@ -108,9 +108,11 @@ def _decoder_layer(
     cos: Array,
     sin: Array,
     positions: Array,
-    cache: tuple[Array, Array] | None,
+    cache: tuple[Array, Array, Array] | None,
 ) -> tuple[Array, tuple[Array, Array] | None]:
-    """One pre-norm decoder block. x: [B, T, D]; cache: this layer's (k, v) [B, S, Hkv, hd] or None."""
+    """One pre-norm decoder block. x: [B, T, D]; cache: None, or every layer's (k, v) [L, B, S, Hkv, hd] plus
+    this layer's index: the new keys/values are written in place (the stack is a scan carry, so a decode step
+    touches only its own slots instead of copying the cache) and the updated (k, v) stack is returned."""
     b, t, _ = x.shape
     h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
     q = _project(h, w, lora, "q", scale)
@@ -121,19 +123,22 @@ def _decoder_layer(
     q = apply_rope(q.reshape(b, t, cfg.num_heads, cfg.head_dim), cos, sin)
     k = apply_rope(k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim), cos, sin)
     v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    new_cache = None
     if cache is None:
         k_all, v_all, k_pos = k, v, positions
     else:
+        k_stack, v_stack, layer = cache
         rows = jnp.arange(b)[:, None]
-        k_all = cache[0].at[rows, positions].set(k.astype(cache[0].dtype))
-        v_all = cache[1].at[rows, positions].set(v.astype(cache[1].dtype))
-        cache = (k_all, v_all)
+        k_stack = k_stack.at[layer, rows, positions].set(k.astype(k_stack.dtype))
+        v_stack = v_stack.at[layer, rows, positions].set(v.astype(v_stack.dtype))
+        new_cache = (k_stack, v_stack)
+        k_all, v_all = k_stack[layer], v_stack[layer]
         k_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1]), (b, k_all.shape[1]))
     attn = _attention(q, k_all, v_all, positions, k_pos)
     x = x + _project(attn, w, lora, "o", scale)
     h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
     gated = jax.nn.silu(_project(h, w, lora, "gate", scale)) * _project(h, w, lora, "up", scale)
-    return x + _project(gated, w, lora, "down", scale), cache
+    return x + _project(gated, w, lora, "down", scale), new_cache
 
 
 class LoraPair(nnx.Module):
@@ -216,16 +221,27 @@ class Transformer(nnx.Module):
         x = self.embed[...][tokens]
         cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
 
-        def body(x: Array, layer: tuple) -> tuple[Array, Any]:
-            w, lw, kv = layer
-            x, kv = _decoder_layer(cfg, scale, x, w, lw, cos, sin, positions, kv)
-            return x, kv
+        if cache is None:
 
-        if remat:
-            body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-        kv_in = None if cache is None else (cache.k, cache.v)
-        x, kv_out = jax.lax.scan(body, x, (weights, lora, kv_in))
-        new_cache = None if cache is None else KVCache(*kv_out)
+            def body(x: Array, layer: tuple) -> tuple[Array, None]:
+                w, lw = layer
+                return _decoder_layer(cfg, scale, x, w, lw, cos, sin, positions, None)[0], None
+
+            if remat:
+                body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+            x, _ = jax.lax.scan(body, x, (weights, lora))
+            new_cache = None
+        else:
+
+            def cached_body(carry: tuple, layer: tuple) -> tuple[tuple, None]:
+                x, k, v = carry
+                w, lw, i = layer
+                x, (k, v) = _decoder_layer(cfg, scale, x, w, lw, cos, sin, positions, (k, v, i))
+                return (x, k, v), None
+
+            layers = jnp.arange(cfg.num_layers)
+            (x, k, v), _ = jax.lax.scan(cached_body, (x, cache.k, cache.v), (weights, lora, layers))
+            new_cache = KVCache(k, v)
         return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), new_cache
 
     def head(self) -> Array:
