@@ -79,6 +79,13 @@ def test_plan_sorts_by_step_count_deterministically(tiny, chunked):
     assert chunked.plan(ties) == [[3, 0], [2, 1]]
     wide = Evaluator(tiny, engine(tiny, chunk_k=8))
     assert wide.chunk_size(3) == 3 and wide.plan(JOBS) == [[2, 1, 0]]
+    # balanced calls: 50 jobs at chunk_k 15 run as 4 calls of 13, not 15+15+15+5 (10 idle adapters)
+    assert [Evaluator(tiny, engine(tiny, chunk_k=15)).chunk_size(n) for n in (1, 15, 16, 50)] == [
+        1,
+        15,
+        8,
+        13,
+    ]
 
 
 def test_zero_example_job_answers_like_the_base_model(tiny, chunked, chunked_results):
