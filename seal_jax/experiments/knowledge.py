@@ -193,6 +193,10 @@ def finish(
     return payload
 
 
+# Journal prefix of the replay's no-update row (self-edit files are keyed by their own names).
+NO_UPDATE = "no_update"
+
+
 def replay(cfg: Any) -> dict[str, Any]:
     """Evaluates given self-edit files (reference format) through the inner loop: the paper's Table 2 layout."""
     workdir = common.prepare_workdir(cfg)
@@ -200,6 +204,8 @@ def replay(cfg: Any) -> dict[str, Any]:
     files = {
         name: Path(cfg.replay.directory) / f"{name}_val.json" for name in common.targets(cfg.replay.names)
     }
+    if NO_UPDATE in files:
+        raise UserInputError(f"a self-edit file may not be called {NO_UPDATE!r} (the no-update row's name)")
     try:
         completions = {name: data.load_completions(path) for name, path in files.items()}
         pool = data.load_json(next(iter(files.values())))
@@ -210,9 +216,13 @@ def replay(cfg: Any) -> dict[str, Any]:
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
     journal = Journal(workdir / "journal", "replay")
     records = evaluate_items(
-        evaluator, domain, [Item(f"base/{c.id}", c, None, None, 0) for c in evals], journal, "replay: base"
+        evaluator,
+        domain,
+        [Item(f"{NO_UPDATE}/{c.id}", c, None, None, 0) for c in evals],
+        journal,
+        "replay: no update",
     )
-    rows = [("base (no update)", heldout.accuracy(records, "base/"), "")]
+    rows = [("base (no update)", heldout.accuracy(records, f"{NO_UPDATE}/"), "")]
     for name, by_id in completions.items():
         items = [
             Item(
