@@ -130,7 +130,9 @@ def arc() -> ml_collections.ConfigDict:
             "eval_solutions": "",
         }
     )
-    cfg.domain = ml_collections.ConfigDict({"ttt_cap": 250, "max_tokens": 8192})
+    # lenient_json: accept quoted booleans/numbers in self-edit plans (small models write "true"); off = the
+    # strict schema of the issue
+    cfg.domain = ml_collections.ConfigDict({"ttt_cap": 250, "max_tokens": 8192, "lenient_json": False})
     cfg.inner = ml_collections.ConfigDict(
         {
             "lora_rank": 128,

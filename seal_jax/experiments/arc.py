@@ -64,6 +64,7 @@ def make_domain(cfg: Any, model: LoadedModel, splits: dict[str, list[ArcTask]]) 
         count_tokens=lambda s: len(tok.encode(s)),
         max_tokens=int(cfg.domain.max_tokens),
         ttt_cap=int(cfg.domain.ttt_cap),
+        lenient_json=bool(cfg.domain.lenient_json),
     )
 
 
@@ -77,7 +78,7 @@ def render(workdir: Path, domain: ArcDomain, records: dict[str, dict[str, Any]],
             continue
         task = by_id[rec["context"]]
         attempts = [[np.asarray(a) for a in sub["attempts"]] for sub in rec["sub_tasks"].values()]
-        plan = parse_self_edit_json(rec["self_edit"]) if rec.get("self_edit") else None
+        plan = parse_self_edit_json(rec["self_edit"], domain.lenient_json) if rec.get("self_edit") else None
         caption = plan_caption(plan) if plan is not None and not hasattr(plan, "reason") else method
         caption += f"\nsolved: {rec['reward'] == 1.0}"
         render_task(task, out / f"{key.replace('/', '_')}.png", attempts, caption)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -227,3 +228,34 @@ def test_fuzz_corrupted_valid_text(data):
             chars[i : i + (op == "replace")] = [c]
     result = parse_self_edit_json("".join(chars))
     assert isinstance(result, SelfEditPlan | Invalid)
+
+
+def test_lenient_mode_accepts_quoted_scalars_only():
+    quoted = json.loads(json.dumps(VALID))
+    quoted["data_generation"] = {k: str(v).lower() for k, v in VALID["data_generation"].items()}
+    quoted["training"].update(learning_rate=f"{VALID['training']['learning_rate']}", num_train_epochs=" 3 ")
+    text = json.dumps(quoted)
+    assert isinstance(parse_self_edit_json(text), Invalid)  # strict by default
+    lenient = parse_self_edit_json(text, lenient=True)
+    assert isinstance(lenient, SelfEditPlan) and lenient.epochs == 3
+    assert lenient == dataclasses.replace(parse_self_edit_json(json.dumps(VALID)), epochs=3)
+    for bad in ("yes", "1", ""):
+        quoted["data_generation"]["use_basic_augmentations"] = bad
+        assert isinstance(parse_self_edit_json(json.dumps(quoted), lenient=True), Invalid), bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(mutated_plans(), st.booleans())
+def test_fuzz_lenient_never_raises_and_keeps_strict_verdicts(plan, quote):
+    if quote:  # quote every scalar leaf, as small models do
+        plan = {
+            s: {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in f.items()}
+            if isinstance(f, dict)
+            else f
+            for s, f in plan.items()
+        }
+    text = json.dumps(plan)
+    lenient = parse_self_edit_json(text, lenient=True)
+    assert isinstance(lenient, SelfEditPlan | Invalid)
+    if isinstance(parse_self_edit_json(text), SelfEditPlan):
+        assert lenient == parse_self_edit_json(text)

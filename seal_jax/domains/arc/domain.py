@@ -44,6 +44,7 @@ class ArcDomain:
       count_tokens: optional tokenizer length; with it, TTT texts and eval prompts of `max_tokens` or more are
         dropped as in the reference.
       ttt_cap: at most this many TTT examples per self-edit (the reference's 250).
+      lenient_json: accept quoted booleans/numbers in self-edit plans (`parse_self_edit_json`); default strict.
     """
 
     name = "arc"
@@ -59,6 +60,7 @@ class ArcDomain:
         count_tokens: Callable[[str], int] | None = None,
         max_tokens: int = MAX_TOKENS,
         ttt_cap: int = MAX_EXAMPLES,
+        lenient_json: bool = False,
     ) -> None:
         self.tasks = {split: tuple(ts) for split, ts in tasks.items()}
         self.format_chat = format_chat
@@ -66,6 +68,7 @@ class ArcDomain:
         self.seed = seed
         self.eval_max_new_tokens = eval_max_new_tokens or max_answer_tokens()
         self.ttt_cap = ttt_cap
+        self.lenient_json = lenient_json
         self._fits = None if count_tokens is None else (lambda text: count_tokens(text) < max_tokens)
         self._ttt_cache: dict[tuple[bytes, AugmentGroups], tuple[TrainExample, ...]] = {}
         self._query_cache: dict[bytes, tuple[Query, ...]] = {}
@@ -83,7 +86,7 @@ class ArcDomain:
 
     def parse_self_edit(self, ctx: ArcTask, text: str) -> SelfEdit | Invalid:
         """A JSON plan -> its TTT examples and inner-loop hparams, or why it cannot be used."""
-        plan = parse_self_edit_json(text)
+        plan = parse_self_edit_json(text, self.lenient_json)
         return plan if isinstance(plan, Invalid) else self.apply_plan(ctx, plan)
 
     def apply_plan(self, ctx: ArcTask, plan: SelfEditPlan) -> SelfEdit | Invalid:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 from seal_jax.domains.arc.augment import AugmentGroups
 from seal_jax.domains.arc.grids import ArcTask, Grid, Messages
@@ -157,18 +158,45 @@ def _check_schema(obj: dict) -> Invalid | None:
     return None
 
 
-def parse_self_edit_json(text: str) -> SelfEditPlan | Invalid:
+def _coerce_strings(obj: dict) -> dict:
+    """Lenient mode: quoted scalars of the schema's fields become their types ("true" -> true, "1e-4" -> 1e-4,
+    "3" -> 3); anything that does not convert cleanly is left for the schema check to reject."""
+    out = dict(obj)
+    for section, fields in SCHEMA.items():
+        given = obj.get(section)
+        if not isinstance(given, dict):
+            continue
+        fixed = dict(given)
+        for key, kind in fields.items():
+            kinds, value = kind if isinstance(kind, tuple) else (kind,), given.get(key)
+            if not isinstance(value, str) or str in kinds:
+                continue
+            word = value.strip().lower()
+            if bool in kinds and word in ("true", "false"):
+                fixed[key] = word == "true"
+            elif float in kinds and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?", word):
+                fixed[key] = float(word)
+            elif int in kinds and re.fullmatch(r"[+-]?\d{1,6}", word):
+                fixed[key] = int(word)
+        out[section] = fixed
+    return out
+
+
+def parse_self_edit_json(text: str, lenient: bool = False) -> SelfEditPlan | Invalid:
     """Validates a policy reply against `SCHEMA` and the ranges above. Never raises.
 
     Tolerated: markdown code fences and prose around the object (the first JSON object is used). Rejected with
     a reason: no/invalid JSON, missing or unknown keys, wrong types, an unknown strategy, learning_rate not in
-    (0, LEARNING_RATE_MAX], num_train_epochs outside [EPOCHS_MIN, EPOCHS_MAX].
+    (0, LEARNING_RATE_MAX], num_train_epochs outside [EPOCHS_MIN, EPOCHS_MAX]. `lenient` first converts quoted
+    booleans and numbers (`"true"`, `"1e-4"`), which small models write; the default is the strict schema.
     """
     if not isinstance(text, str):
         return Invalid(f"self-edit must be text, got {type(text).__name__}")
     obj = _first_json_object(text)
     if isinstance(obj, Invalid):
         return obj
+    if lenient:
+        obj = _coerce_strings(obj)
     if (bad := _check_schema(obj)) is not None:
         return bad
     training = obj["training"]
