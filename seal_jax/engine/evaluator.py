@@ -159,7 +159,11 @@ class Evaluator:
         padded = jobs + [dataclasses.replace(jobs[0], examples=(), seed=0)] * (k - len(jobs))
         layout, hparams, lora0 = self.prepare(padded)
         if layout.steps.max() == 0:  # nothing to train (baselines): fresh adapters are the base model
-            lora, losses, nonfinite = lora0, np.zeros((k, 0), np.float32), np.zeros(k, bool)
+            lora, losses, nonfinite = (
+                lora0,
+                np.zeros(layout.batches.active.shape, np.float32),
+                np.zeros(k, bool),
+            )
         else:
             lora, stats = self.adapt(layout, hparams, lora0)
             losses, nonfinite = stats.losses, stats.nonfinite
@@ -167,7 +171,7 @@ class Evaluator:
         if nonfinite[: len(jobs)].any():
             logging.warning("%d adapter(s) hit a non-finite loss and were frozen", int(nonfinite.sum()))
         return [
-            AdaptResult(answers[i], layout.real_losses(losses, i) if losses.size else [], bool(nonfinite[i]))
+            AdaptResult(answers[i], layout.real_losses(losses, i), bool(nonfinite[i]))
             for i in range(len(jobs))
         ]
 
