@@ -61,7 +61,7 @@ def split_batch(total: int, adapters: int | None) -> tuple[int, int]:
 
 
 def jax_decoder(
-    cfg: Any, base: Any, prompts: list[list[int]], k: int, new: int, prompt_bucket: int = 64
+    cfg: Any, base: Any, prompts: list[list[int]], k: int, new: int, prompt_bucket: int
 ) -> tuple[Any, dict[str, Any]]:
     """`generate_k` for K adapters × B prompts (random nonzero LoRAs, r32 q,v), AOT-compiled.
 
@@ -176,8 +176,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--prompt-bucket",
         type=int,
-        default=64,
-        help="SamplingConfig.prompt_bucket for the JAX prompts (engine default 64)",
+        default=SamplingConfig.prompt_bucket,
+        help=f"SamplingConfig.prompt_bucket for the JAX prompts (engine default {SamplingConfig.prompt_bucket})",
     )
     p.add_argument("--peft", action="store_true", help="also time HF generate with PEFT mixed adapters")
     p.add_argument(

@@ -29,7 +29,7 @@ class SamplingConfig:
     top_p: float = 1.0
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
-    prompt_bucket: int = 64
+    prompt_bucket: int = 16  # prompt widths are multiples of this: prefill cost is linear in the width
 
 
 def sample_token(logits: Array, key: Array, cfg: SamplingConfig) -> Array:
@@ -56,33 +56,48 @@ def generate(
     *,
     graphdef: nnx.GraphDef,
     cfg: SamplingConfig,
+    axis_name: str | None = None,
 ) -> tuple[Array, Array]:
     """Decodes continuations of right-padded prompts.
 
     prompts: int32 [B, P]; prompt_lens: int32 [B] (>= 1) -> (tokens int32 [B, max_new] padded with pad_id after
     EOS, lengths int32 [B] = generated tokens up to and including EOS).
+
+    The prompts are moved to the right edge (left padding, pads at position -1), so every row writes the same
+    cache slot at each step: the write is an in-place `dynamic_update_slice`. Under `vmap(..., axis_name=a)`,
+    pass `axis_name=a`: the loop then stops when every row of every mapped model is done, and its predicate
+    stays unbatched, so `vmap` never selects between old and new loop states (the KV cache included).
     """
     b, p = prompts.shape
     eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
     model = merge_model(graphdef, base, lora)
+    pad = p - prompt_lens  # [B] left-padding of each row
+    slots = jnp.arange(p)[None, :]
+    left_padded = jnp.take_along_axis(prompts, (slots - pad[:, None]) % p, axis=1)
+    positions = jnp.maximum(slots - pad[:, None], -1)
     cache = KVCache.zeros(model.config, b, p + cfg.max_new, model.embed[...].dtype)
-    positions = jnp.broadcast_to(jnp.arange(p), (b, p))
-    hidden, cache = model(prompts, positions, cache)
+    layers = model.layer_slices()  # sliced once: loop invariants of the decode loop
+    hidden, cache = model(left_padded, positions, cache, write_at=0, layers=layers)
     head = model.head()
-    last = jnp.take_along_axis(hidden, (prompt_lens - 1)[:, None, None], axis=1)[:, 0]
     key, sub = jax.random.split(key)
-    first = sample_token((last @ head).astype(jnp.float32), sub, cfg)
+    first = sample_token((hidden[:, -1] @ head).astype(jnp.float32), sub, cfg)
+
+    def all_done(done: Array) -> Array:
+        every = jnp.all(done)
+        if axis_name is None:
+            return every
+        return jax.lax.pmin(every.astype(jnp.int32), axis_name).astype(bool)
 
     def cond(state: tuple) -> Array:
         step, _, _, done, _, _ = state
-        return (step < cfg.max_new) & ~jnp.all(done)
+        return (step < cfg.max_new) & ~all_done(done)
 
     def body(state: tuple) -> tuple:
         step, cache, token, done, out, key = state
         out = out.at[:, step].set(jnp.where(done, cfg.pad_id, token))
         done = done | jnp.isin(token, eos)
         pos = (prompt_lens + step)[:, None]
-        hidden, cache = model(token[:, None], pos, cache)
+        hidden, cache = model(token[:, None], pos, cache, write_at=p + step, layers=layers)
         key, sub = jax.random.split(key)
         token = sample_token((hidden[:, 0] @ head).astype(jnp.float32), sub, cfg)
         return step + 1, cache, token, done, out, key
@@ -95,7 +110,14 @@ def generate(
     return out, first_eos.astype(jnp.int32)
 
 
-generate_jit = jax.jit(generate, static_argnames=("graphdef", "cfg"))
+generate_jit = jax.jit(generate, static_argnames=("graphdef", "cfg", "axis_name"))
+
+
+def vmapped_generate(graphdef: nnx.GraphDef, cfg: SamplingConfig, spmd_axis_name: str | None = None):
+    """`generate` vmapped over K adapters (lora leaves [K, ...], prompts [K, B, P], lens [K, B], keys [K]);
+    the base is shared, and the decode loop runs until every adapter's rows are done."""
+    fn = functools.partial(generate, graphdef=graphdef, cfg=cfg, axis_name="adapters")
+    return jax.vmap(fn, in_axes=(None, 0, 0, 0, 0), axis_name="adapters", spmd_axis_name=spmd_axis_name)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
@@ -109,9 +131,8 @@ def generate_k(
     graphdef: nnx.GraphDef,
     cfg: SamplingConfig,
 ) -> tuple[Array, Array]:
-    """`generate` vmapped over K adapters: lora leaves [K, ...], prompts [K, B, P], prompt_lens [K, B], keys [K]."""
-    fn = functools.partial(generate, graphdef=graphdef, cfg=cfg)
-    return jax.vmap(fn, in_axes=(None, 0, 0, 0, 0))(base, lora, prompts, prompt_lens, keys)
+    """jit(vmapped_generate) on the default device placement (see `sharding.sharded_generate_k` for a mesh)."""
+    return vmapped_generate(graphdef, cfg)(base, lora, prompts, prompt_lens, keys)
 
 
 def pad_prompts(

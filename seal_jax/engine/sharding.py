@@ -7,7 +7,6 @@ collapses to replication, so the same code runs unchanged on a laptop, a GPU and
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from seal_jax.engine.inner import InnerConfig, vmapped_adapt
-from seal_jax.engine.sampling import SamplingConfig, generate
+from seal_jax.engine.sampling import SamplingConfig, vmapped_generate
 
 AXES = ("data", "fsdp", "tensor")
 
@@ -114,9 +113,8 @@ def sharded_adapt_k(mesh: Mesh, graphdef: nnx.GraphDef, cfg: InnerConfig, base: 
 def sharded_generate_k(mesh: Mesh, graphdef: nnx.GraphDef, cfg: SamplingConfig, base: nnx.State) -> Callable:
     """generate_k on `mesh`: `(base, lora_k, prompts [K,B,P], lens [K,B], keys [K]) -> (tokens, lengths)`."""
     k_axis = adapter_sharding(mesh)
-    fn = functools.partial(generate, graphdef=graphdef, cfg=cfg)
     return jax.jit(
-        jax.vmap(fn, in_axes=(None, 0, 0, 0, 0), spmd_axis_name="data"),
+        vmapped_generate(graphdef, cfg, spmd_axis_name="data"),
         in_shardings=(base_shardings(mesh, base), k_axis, k_axis, k_axis, k_axis),
         out_shardings=k_axis,
     )

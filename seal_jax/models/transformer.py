@@ -26,20 +26,30 @@ from seal_jax.models.config import ModelConfig
 from seal_jax.models.lora import TARGETS, LoraConfig, target_shape
 
 Array = jax.Array
+LayerSlices = tuple[tuple[dict[str, Array], dict[str, tuple[Array, Array]]], ...]
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    """Per-layer keys and values: `k`, `v` are [L, B, S, Hkv, hd]; row b's slot s holds position s."""
+    """Keys and values as one [B, S, Hkv, hd] array per layer (a decode step updates each in place) and
+    `positions` int32 [B, S]: the position id of each slot's token, -1 for an empty slot or a padding token.
 
-    k: Array
-    v: Array
+    Every row writes the same slots (`write_at`), so a batch of prompts is stored left-padded."""
+
+    k: tuple[Array, ...]
+    v: tuple[Array, ...]
+    positions: Array
 
     @classmethod
     def zeros(cls, cfg: ModelConfig, batch: int, length: int, dtype: Any = jnp.float32) -> KVCache:
-        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+        layers = range(cfg.num_layers)
+        return cls(
+            tuple(jnp.zeros(shape, dtype) for _ in layers),
+            tuple(jnp.zeros(shape, dtype) for _ in layers),
+            jnp.full((batch, length), -1, jnp.int32),
+        )
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
@@ -87,12 +97,15 @@ def _project(
 
 
 def _attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array) -> Array:
-    """Causal GQA attention. q: [B,T,Hq,hd], k/v: [B,S,Hkv,hd], q_pos [B,T], k_pos [B,S] -> [B,T,Hq*hd]."""
+    """Causal GQA attention. q: [B,T,Hq,hd], k/v: [B,S,Hkv,hd], q_pos [B,T], k_pos [B,S] -> [B,T,Hq*hd].
+
+    A key is visible to a query when 0 <= k_pos <= q_pos (negative positions mark padding and empty slots)."""
     b, t, hq, hd = q.shape
     hkv = k.shape[2]
     q = q.reshape(b, t, hkv, hq // hkv, hd)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / math.sqrt(hd)
-    mask = k_pos[:, None, None, None, :] <= q_pos[:, None, None, :, None]
+    k_pos = k_pos[:, None, None, None, :]
+    mask = (k_pos >= 0) & (k_pos <= q_pos[:, None, None, :, None])
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
@@ -108,11 +121,11 @@ def _decoder_layer(
     cos: Array,
     sin: Array,
     positions: Array,
-    cache: tuple[Array, Array, Array] | None,
+    cache: tuple[Array, Array, Array, Array] | None,
 ) -> tuple[Array, tuple[Array, Array] | None]:
-    """One pre-norm decoder block. x: [B, T, D]; cache: None, or every layer's (k, v) [L, B, S, Hkv, hd] plus
-    this layer's index: the new keys/values are written in place (the stack is a scan carry, so a decode step
-    touches only its own slots instead of copying the cache) and the updated (k, v) stack is returned."""
+    """One pre-norm decoder block. x: [B, T, D]; cache: None, or this layer's (k, v) [B, S, Hkv, hd], the
+    slots' positions [B, S] (already holding `positions`) and the first slot to write, a shared scalar: the new
+    keys/values go to slots [write_at, write_at + T) in place, and the updated (k, v) are returned."""
     b, t, _ = x.shape
     h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
     q = _project(h, w, lora, "q", scale)
@@ -127,13 +140,11 @@ def _decoder_layer(
     if cache is None:
         k_all, v_all, k_pos = k, v, positions
     else:
-        k_stack, v_stack, layer = cache
-        rows = jnp.arange(b)[:, None]
-        k_stack = k_stack.at[layer, rows, positions].set(k.astype(k_stack.dtype))
-        v_stack = v_stack.at[layer, rows, positions].set(v.astype(v_stack.dtype))
-        new_cache = (k_stack, v_stack)
-        k_all, v_all = k_stack[layer], v_stack[layer]
-        k_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1]), (b, k_all.shape[1]))
+        k_cache, v_cache, k_pos, write_at = cache
+        at = (0, write_at, 0, 0)
+        k_all = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), at)
+        v_all = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), at)
+        new_cache = (k_all, v_all)
     attn = _attention(q, k_all, v_all, positions, k_pos)
     x = x + _project(attn, w, lora, "o", scale)
     h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
@@ -203,23 +214,27 @@ class Transformer(nnx.Module):
             self.lora = Adapters(cfg, lora, rngs)
 
     def __call__(
-        self, tokens: Array, positions: Array, cache: KVCache | None = None, *, remat: bool = False
+        self,
+        tokens: Array,
+        positions: Array,
+        cache: KVCache | None = None,
+        *,
+        write_at: Array | int = 0,
+        layers: LayerSlices | None = None,
+        remat: bool = False,
     ) -> tuple[Array, KVCache | None]:
-        """tokens, positions: int [B, T] -> hidden [B, T, D] and the updated cache."""
+        """tokens, positions: int [B, T] -> hidden [B, T, D] and the updated cache.
+
+        Without a cache the layers run under `lax.scan` (training; `remat` recomputes each layer in the backward).
+        With one, the tokens go to cache slots [write_at, write_at + T) (`write_at` a scalar shared by the rows)
+        and the layers are unrolled over `layers` (default `self.layer_slices()`). A decode loop should slice
+        once, before the loop: slicing inside it copies every layer's weights at every step."""
         cfg = self.config
-        weights = {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
-        lora: dict[str, tuple[Array, Array]] = {}
-        scale = 0.0
-        if self.lora_config is not None:
-            scale = self.lora_config.scale
-            lora = {
-                t: (getattr(self.lora, t).a[...], getattr(self.lora, t).b[...])
-                for t in self.lora_config.targets
-            }
+        x = self.embed[...][tokens]
         angles = positions[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(cfg))
         angles = jnp.concatenate([angles, angles], axis=-1)
-        x = self.embed[...][tokens]
         cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+        scale = self.lora_config.scale if self.lora_config is not None else 0.0
 
         if cache is None:
 
@@ -229,20 +244,32 @@ class Transformer(nnx.Module):
 
             if remat:
                 body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-            x, _ = jax.lax.scan(body, x, (weights, lora))
-            new_cache = None
-        else:
+            x, _ = jax.lax.scan(body, x, self._stacked_layers())
+            return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), None
 
-            def cached_body(carry: tuple, layer: tuple) -> tuple[tuple, None]:
-                x, k, v = carry
-                w, lw, i = layer
-                x, (k, v) = _decoder_layer(cfg, scale, x, w, lw, cos, sin, positions, (k, v, i))
-                return (x, k, v), None
-
-            layers = jnp.arange(cfg.num_layers)
-            (x, k, v), _ = jax.lax.scan(cached_body, (x, cache.k, cache.v), (weights, lora, layers))
-            new_cache = KVCache(k, v)
+        slot_positions = jax.lax.dynamic_update_slice(
+            cache.positions, positions.astype(jnp.int32), (0, write_at)
+        )
+        new_k, new_v = [], []
+        for i, (w, lw) in enumerate(layers or self.layer_slices()):
+            layer_cache = (cache.k[i], cache.v[i], slot_positions, write_at)
+            x, (k, v) = _decoder_layer(cfg, scale, x, w, lw, cos, sin, positions, layer_cache)
+            new_k.append(k)
+            new_v.append(v)
+        new_cache = KVCache(tuple(new_k), tuple(new_v), slot_positions)
         return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), new_cache
+
+    def _stacked_layers(self) -> tuple[dict[str, Array], dict[str, tuple[Array, Array]]]:
+        """(base weights, LoRA (a, b) per adapted target), every leaf stacked on a leading L axis."""
+        weights = {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+        targets = self.lora_config.targets if self.lora_config is not None else ()
+        lora = {t: (getattr(self.lora, t).a[...], getattr(self.lora, t).b[...]) for t in targets}
+        return weights, lora
+
+    def layer_slices(self) -> LayerSlices:
+        """Per-layer (base weights, LoRA) slices of the stacked parameters, for the unrolled cached path."""
+        stacked = self._stacked_layers()
+        return tuple(jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(self.config.num_layers))
 
     def head(self) -> Array:
         """The output projection [D, V] (the transposed embedding when tied)."""
@@ -317,9 +344,10 @@ def forward(
     positions: Array,
     cache: KVCache | None = None,
     *,
+    write_at: Array | int = 0,
     remat: bool = False,
 ) -> tuple[Array, KVCache | None, Array]:
     """Pure forward: -> (hidden [B, T, D], updated cache, head [D, V]). Call inside jit/vmap."""
     model = merge_model(graphdef, base, lora)
-    hidden, cache = model(tokens, positions, cache, remat=remat)
+    hidden, cache = model(tokens, positions, cache, write_at=write_at, remat=remat)
     return hidden, cache, model.head()

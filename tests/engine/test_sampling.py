@@ -111,12 +111,12 @@ def test_per_row_eos_stops_only_that_row(tiny, lora, greedy_out):
     assert n[others].tolist() == [GREEDY.max_new] * len(others)
 
 
-def test_generate_k_equals_each_adapter_alone(tiny):
-    k = 3
+def generate_k_and_alone(tiny, cfg: SamplingConfig, k: int = 3):
+    """(generate_k outputs, [each adapter run alone]) for K random adapters with their own prompts."""
     loras = random_loras(tiny, k, seed=10)
     rng = np.random.default_rng(0)
     prompts_k = [[rng.integers(0, 256, n).tolist() for n in (2, 6, 4, 9)] for _ in range(k)]
-    padded = [pad_prompts(p, GREEDY) for p in prompts_k]
+    padded = [pad_prompts(p, cfg) for p in prompts_k]
     keys = jnp.stack([jax.random.key(i) for i in range(k)])
     out_k, n_k = generate_k(
         tiny.base,
@@ -125,13 +125,34 @@ def test_generate_k_equals_each_adapter_alone(tiny):
         jnp.asarray(np.stack([p[1] for p in padded])),
         keys,
         graphdef=tiny.graphdef(LORA),
-        cfg=GREEDY,
+        cfg=cfg,
     )
-    alone = [run(tiny, one(loras, i), GREEDY, key=i, prompts=prompts_k[i]) for i in range(k)]
-    for i in range(k):
-        np.testing.assert_array_equal(np.asarray(out_k[i]), alone[i][0])
-        np.testing.assert_array_equal(np.asarray(n_k[i]), alone[i][1])
+    alone = [run(tiny, one(loras, i), cfg, key=i, prompts=prompts_k[i]) for i in range(k)]
+    return (np.asarray(out_k), np.asarray(n_k)), alone
+
+
+def test_generate_k_equals_each_adapter_alone(tiny):
+    (out_k, n_k), alone = generate_k_and_alone(tiny, GREEDY)
+    for i, (out, n) in enumerate(alone):
+        np.testing.assert_array_equal(out_k[i], out)
+        np.testing.assert_array_equal(n_k[i], n)
     assert not np.array_equal(alone[0][0], alone[1][0])  # the adapters really differ
+
+
+def test_generate_k_rows_and_adapters_stop_independently(tiny):
+    """With an EOS, rows of different adapters stop at different steps; the shared loop runs on until the
+    last row is done, and every adapter's output still equals its own run (which may stop earlier)."""
+    (first, _), _ = generate_k_and_alone(tiny, GREEDY)
+    eos = int(np.bincount(first[:, :, 1:4].ravel()).argmax())  # a token that ends some rows early
+    pad = next(t for t in range(1, 259) if t not in first)
+    cfg = dataclasses.replace(GREEDY, eos_ids=(eos,), pad_id=pad)
+    (out_k, n_k), alone = generate_k_and_alone(tiny, cfg)
+    for i, (out, n) in enumerate(alone):
+        np.testing.assert_array_equal(out_k[i], out)
+        np.testing.assert_array_equal(n_k[i], n)
+    assert n_k.min() < GREEDY.max_new and n_k.max() > n_k.min()  # some rows stopped, at different steps
+    rows_stopped = n_k < GREEDY.max_new
+    assert (out_k[rows_stopped][:, -1] == pad).all()
 
 
 def test_temperature_sampling_is_deterministic_per_key(tiny):

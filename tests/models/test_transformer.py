@@ -32,11 +32,19 @@ def test_kv_cache_decoding_equals_full_forward(which, request):
     full = logits(model, None)
     cache = KVCache.zeros(model.config, 2, 12)
     step = jax.jit(forward, static_argnums=0)
-    hidden, cache, head = step(model.graphdef(), model.base, None, TOKENS[:, :3], POSITIONS[:, :3], cache)
+    hidden, cache, head = step(
+        model.graphdef(), model.base, None, TOKENS[:, :3], POSITIONS[:, :3], cache, write_at=0
+    )
     steps = [hidden @ head]
     for t in range(3, 8):
         hidden, cache, _ = step(
-            model.graphdef(), model.base, None, TOKENS[:, t : t + 1], POSITIONS[:, t : t + 1], cache
+            model.graphdef(),
+            model.base,
+            None,
+            TOKENS[:, t : t + 1],
+            POSITIONS[:, t : t + 1],
+            cache,
+            write_at=t,
         )
         steps.append(hidden @ head)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
