@@ -11,30 +11,54 @@ Array = jax.Array
 
 
 def chunked_nll_sum(hidden: Array, head: Array, targets: Array, mask: Array, chunk: int) -> Array:
-    """Sum of masked token NLLs.
+    """Sum of masked token NLLs; differentiable in `hidden` only (the head is frozen: `stop_gradient`).
 
     hidden: [B, T, D] final hidden states; head: [D, V]; targets: int [B, T] (the next tokens);
     mask: [B, T] weights (0 where no loss). Chunks are `gcd(chunk, T)` tokens long (T itself if shorter).
-    Each chunk's [B, chunk, V] logits are rematerialized in the backward pass instead of stored.
+    Each chunk's gradient w.r.t. its hidden states is computed in the forward pass while its [B, chunk, V]
+    logits exist (`_chunk_nll`), so the backward never recomputes them: two head matmuls per chunk, not three.
     """
     b, t, _d = hidden.shape
     chunk = math.gcd(chunk, t) if t > chunk else t
     n = t // chunk
-
-    @jax.checkpoint
-    def chunk_nll(h: Array, y: Array, m: Array) -> Array:
-        logits = (h @ head).astype(jnp.float32)
-        target_logit = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
-        return jnp.sum((jax.nn.logsumexp(logits, axis=-1) - target_logit) * m)
+    head = jax.lax.stop_gradient(head)
 
     def body(total: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, None]:
-        return total + chunk_nll(*xs), None
+        h, y, m = xs
+        return total + _chunk_nll(h, head, y, m), None
 
     split = lambda x: jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)
     total, _ = jax.lax.scan(
         body, jnp.zeros((), jnp.float32), (split(hidden), split(targets), split(mask.astype(jnp.float32)))
     )
     return total
+
+
+def _nll_and_hidden_grad(h: Array, head: Array, y: Array, m: Array) -> tuple[Array, Array]:
+    """(Σ m·NLL, its gradient w.r.t. h) for one chunk. h: [B, C, D], y, m: [B, C]."""
+    logits = (h @ head).astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
+    nll = jnp.sum((lse - target_logit) * m)
+    is_target = jnp.arange(logits.shape[-1]) == y[..., None]
+    dlogits = (jnp.exp(logits - lse[..., None]) - is_target) * m[..., None]  # softmax - onehot
+    return nll, (dlogits.astype(h.dtype) @ head.T).astype(h.dtype)
+
+
+@jax.custom_vjp
+def _chunk_nll(h: Array, head: Array, y: Array, m: Array) -> Array:
+    return _nll_and_hidden_grad(h, head, y, m)[0]
+
+
+def _chunk_nll_fwd(h: Array, head: Array, y: Array, m: Array) -> tuple[Array, Array]:
+    return _nll_and_hidden_grad(h, head, y, m)
+
+
+def _chunk_nll_bwd(dh: Array, g: Array) -> tuple[Array, None, None, None]:
+    return g * dh, None, None, None  # head, targets and mask get no gradient
+
+
+_chunk_nll.defvjp(_chunk_nll_fwd, _chunk_nll_bwd)
 
 
 def shift_targets(tokens: Array, loss_mask: Array) -> tuple[Array, Array]:
