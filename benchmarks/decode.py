@@ -249,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"{tps['jax'] / tps['peft']:.2f}×",
                     "",
                     "",
-                    "",
                     threads,
+                    "",
                     secs["peft"],
                 ]
             )

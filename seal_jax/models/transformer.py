@@ -1,7 +1,8 @@
-"""Llama / Qwen2 decoder in Flax NNX, layers stacked on a leading axis and run under `lax.scan`.
+"""Llama / Qwen2 decoder in Flax NNX, layers stacked on a leading axis.
 
-Parameters follow the flat layout of `loading.py` (linear weights `[in, out]`, layers stacked on axis 0), so compile
-time does not grow with depth. The model is used functionally (ARCHITECTURE.md):
+Parameters follow the flat layout of `loading.py` (linear weights `[in, out]`, layers stacked on axis 0). Training
+runs the layers under `lax.scan`, so compile time does not grow with depth; cached decoding unrolls them over
+per-layer slices (see `Transformer.__call__`). The model is used functionally (ARCHITECTURE.md):
 
     graphdef, lora, base = nnx.split(model, nnx.LoRAParam, nnx.Param)
     hidden, cache = forward(graphdef, base, lora, tokens, positions)      # inside jit / vmap
