@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
@@ -422,7 +422,7 @@ def adapt(
     return lora, AdaptStats(losses, frozen)
 
 
-def vmapped_adapt(graphdef: nnx.GraphDef, cfg: InnerConfig, spmd_axis_name: str | None = None):
+def vmapped_adapt(graphdef: nnx.GraphDef, cfg: InnerConfig, spmd_axis_name: str | None = None) -> Callable:
     """`adapt` vmapped over a leading K axis of `lora0`, `batches` and `hparams`; `base`, `schedule` shared."""
     fn = functools.partial(adapt, graphdef=graphdef, cfg=cfg)
     return jax.vmap(fn, in_axes=(0, None, 0, None, 0), spmd_axis_name=spmd_axis_name)

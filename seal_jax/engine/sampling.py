@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -113,7 +113,9 @@ def generate(
 generate_jit = jax.jit(generate, static_argnames=("graphdef", "cfg", "axis_name"))
 
 
-def vmapped_generate(graphdef: nnx.GraphDef, cfg: SamplingConfig, spmd_axis_name: str | None = None):
+def vmapped_generate(
+    graphdef: nnx.GraphDef, cfg: SamplingConfig, spmd_axis_name: str | None = None
+) -> Callable:
     """`generate` vmapped over K adapters (lora leaves [K, ...], prompts [K, B, P], lens [K, B], keys [K]);
     the base is shared, and the decode loop runs until every adapter's rows are done."""
     fn = functools.partial(generate, graphdef=graphdef, cfg=cfg, axis_name="adapters")
