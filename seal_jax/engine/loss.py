@@ -50,15 +50,11 @@ def _chunk_nll(h: Array, head: Array, y: Array, m: Array) -> Array:
     return _nll_and_hidden_grad(h, head, y, m)[0]
 
 
-def _chunk_nll_fwd(h: Array, head: Array, y: Array, m: Array) -> tuple[Array, Array]:
-    return _nll_and_hidden_grad(h, head, y, m)
-
-
 def _chunk_nll_bwd(dh: Array, g: Array) -> tuple[Array, None, None, None]:
     return g * dh, None, None, None  # head, targets and mask get no gradient
 
 
-_chunk_nll.defvjp(_chunk_nll_fwd, _chunk_nll_bwd)
+_chunk_nll.defvjp(_nll_and_hidden_grad, _chunk_nll_bwd)  # forward residual: the hidden-state gradient
 
 
 def shift_targets(tokens: Array, loss_mask: Array) -> tuple[Array, Array]:

@@ -1,4 +1,5 @@
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -29,3 +30,21 @@ def test_chunked_nll_and_its_gradient_equal_the_plain_loss(chunk):
     # The head is frozen: no gradient flows to it.
     head_grad = jax.grad(lambda w: chunked_nll_sum(hidden, w, targets, mask, chunk))(head)
     assert float(jnp.abs(head_grad).max()) == 0.0
+
+
+def test_gradient_runs_two_head_matmuls_not_three():
+    """Forward logits and the hidden-state gradient, both in the forward pass; no recompute in the backward."""
+    hidden, head = jnp.ones((2, 8, 4)), jnp.ones((4, 50))
+    targets, mask = jnp.zeros((2, 8), jnp.int32), jnp.ones((2, 8))
+    jaxpr = jax.make_jaxpr(jax.grad(chunked_nll_sum), static_argnums=4)(hidden, head, targets, mask, 8)
+
+    def head_matmuls(jaxpr) -> int:
+        n = 0
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general" and 50 in (v for x in eqn.invars for v in x.aval.shape):
+                n += 1
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                n += head_matmuls(sub)
+        return n
+
+    assert head_matmuls(jaxpr.jaxpr) == 2

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -185,3 +186,37 @@ def test_pad_prompts_rejects_empty_prompt():
         pad_prompts([[1, 2], []], GREEDY)
     toks, lens = pad_prompts([[1, 2], [3]], GREEDY)
     assert toks.shape == (2, 16) and lens.tolist() == [2, 1]
+
+
+def test_decode_loop_reads_no_weight_stack_and_has_a_scalar_predicate(tiny):
+    """The two decode-speed properties, read off the program: the while body takes per-layer weights cut before
+    the loop (no slicing of the [L, ...] stacks per token), and under vmap its predicate stays a scalar (a batched
+    one makes XLA select between the old and new loop state, KV cache included, at every token)."""
+    k, b, p = 2, 3, 16
+    loras = random_loras(tiny, k)
+    jaxpr = jax.make_jaxpr(functools.partial(generate_k, graphdef=tiny.graphdef(LORA), cfg=GREEDY))(
+        tiny.base,
+        loras,
+        jnp.ones((k, b, p), jnp.int32),
+        jnp.full((k, b), 3, jnp.int32),
+        jnp.stack([jax.random.key(i) for i in range(k)]),
+    )
+    cfg = tiny.config
+    stacked = {
+        tuple(x.shape) for x in jax.tree.leaves(tiny.base) if x.ndim > 1 and x.shape[0] == cfg.num_layers
+    }
+
+    def eqns(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield eqn
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from eqns(sub)
+
+    loops = [e for e in eqns(jaxpr.jaxpr) if e.primitive.name == "while"]
+    decode = max(loops, key=lambda e: len(list(eqns(e.params["body_jaxpr"].jaxpr))))
+    assert decode.params["cond_jaxpr"].out_avals[0].shape == ()
+    body_eqns = list(eqns(decode.params["body_jaxpr"].jaxpr))
+    assert any(e.primitive.name == "dot_general" for e in body_eqns)  # the decode step itself
+    for e in body_eqns:
+        shapes = [tuple(v.aval.shape) for v in e.invars if hasattr(v, "aval")]
+        assert not stacked & set(shapes), f"a stacked [L, ...] weight is read inside the loop: {e.primitive}"
