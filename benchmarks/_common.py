@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seal_jax.models.bundle import LoadedModel
 from seal_jax.models.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,8 +124,10 @@ def train_flops(cfg: ModelConfig, tokens: float, seq_len: float) -> float:
 # -------------------------------------------------------------------------------------------------- PyTorch
 
 
-def torch_llama(pretrained: Any, threads: int | None = None) -> Any:
-    """A `transformers.LlamaForCausalLM` (f32, eval mode) holding exactly our SmolLM2 weights (tied head)."""
+def torch_llama(model: LoadedModel, threads: int | None = None) -> Any:
+    """A `transformers.LlamaForCausalLM` (f32, eval mode) holding exactly `model`'s weights (tied head).
+
+    The weights come from the device copy, so a benchmark holds no second host copy of them."""
     import torch
     import transformers
 
@@ -132,16 +135,22 @@ def torch_llama(pretrained: Any, threads: int | None = None) -> Any:
 
     if threads:
         torch.set_num_threads(threads)
-    config = transformers.LlamaConfig(**pretrained.config.to_hf_dict())
+    config = transformers.LlamaConfig(**model.config.to_hf_dict())
+    nested = model.base.to_pure_dict()
+    flat = {
+        jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(nested)
+    }
     with torch.device("meta"):
-        model = transformers.LlamaForCausalLM(config)
-    state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in params_to_hf(pretrained.params).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        torch_model = transformers.LlamaForCausalLM(config)
+    state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in params_to_hf(flat).items()}
+    missing, unexpected = torch_model.load_state_dict(state, strict=False, assign=True)
     if unexpected or set(missing) - {"lm_head.weight"}:
         raise RuntimeError(f"weight conversion failed: missing {missing}, unexpected {unexpected}")
-    model.tie_weights()
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=config)  # buffers were created on meta
-    return model.float().eval()
+    torch_model.tie_weights()
+    rotary = torch_model.model.rotary_emb
+    torch_model.model.rotary_emb = type(rotary)(config=config)  # buffers were created on meta
+    return torch_model.float().eval()
 
 
 def pick_torch_threads(model: Any, candidates: Sequence[int] = (1, 2), repeats: int = 5) -> tuple[int, dict]:

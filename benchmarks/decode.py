@@ -35,8 +35,7 @@ from benchmarks._common import (
 from seal_jax.domains.knowledge.domain import KnowledgeDomain
 from seal_jax.engine.sampling import SamplingConfig, generate_k, pad_prompts
 from seal_jax.engine.text import encode_prompts
-from seal_jax.models.bundle import base_from_params
-from seal_jax.models.loading import load_pretrained
+from seal_jax.models.bundle import load_model
 from seal_jax.models.lora import LoraConfig
 from seal_jax.models.transformer import graphdef_for, init_lora_k
 
@@ -195,10 +194,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     t_start = time.perf_counter()
-    pretrained = load_pretrained(MODEL)
-    cfg, tok = pretrained.config, pretrained.tokenizer
-    base = base_from_params(cfg, pretrained.params)
-    torch_model = torch_llama(pretrained, threads=args.threads)
+    model = load_model(MODEL)
+    cfg, tok, base = model.config, model.tokenizer, model.base
+    torch_model = torch_llama(model, threads=args.threads)
     rows, results = [], []
     for total in args.batches:
         k, b = split_batch(total, args.adapters)

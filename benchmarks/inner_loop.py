@@ -71,8 +71,7 @@ from seal_jax.engine.inner import (
     round_up,
 )
 from seal_jax.engine.text import encode_prompts, pad_id, sampling_config, stop_ids
-from seal_jax.models.bundle import LoadedModel, base_from_params
-from seal_jax.models.loading import load_pretrained
+from seal_jax.models.bundle import LoadedModel, load_model
 
 MODEL = "smollm2-135m-instruct"
 COMPLETIONS = 5
@@ -233,7 +232,8 @@ class JaxRun:
     computed_tokens: int  # Σ over non-idle shared steps of K × B × length
     computed_flops: float
     shared_steps: int
-    level_s: dict[int, float]  # length -> seconds per shared step
+    calls: list[int]  # adapters per compiled call, in plan order
+    level_s: dict[tuple[int, int], float]  # (call, length) -> seconds per shared step
     compiles: int
     compile_s: float
     timed_compiles: int
@@ -248,13 +248,11 @@ def run_seal_jax(
     watch = CompileWatch.get()
     ev = Evaluator(model, cfg)
     chunks = [[jobs[i] for i in idx] for idx in ev.plan(jobs)]
-    if any(len(c) != ev.chunk_size(len(jobs)) for c in chunks):
-        raise ValueError("the benchmark needs whole chunks (len(jobs) a multiple of chunk_k)")
     layouts = [ev.prepare(c)[0] for c in chunks]
-    probes: dict[int, tuple[int, StepLayout]] = {}  # length -> (chunk, its steps at that length)
+    probes: dict[tuple[int, int], StepLayout] = {}  # (chunk, length) -> the chunk's steps at that length
     for ci, layout in enumerate(layouts):
         for lv in np.unique(layout.schedule.level[layout.schedule.level >= 0]):
-            probes.setdefault(layout.schedule.lengths[lv], (ci, steps_at_level(layout, int(lv), per_level)))
+            probes[ci, layout.schedule.lengths[lv]] = steps_at_level(layout, int(lv), per_level)
 
     def train(ci: int, sub: StepLayout) -> float:
         _, hparams, lora0 = ev.prepare(chunks[ci])
@@ -271,22 +269,27 @@ def run_seal_jax(
 
     c0, s0 = watch.snapshot()
     with compile_only(ev):
-        for ci, sub in probes.values():
+        for (ci, _), sub in probes.items():
             train(ci, sub)
         answer_all()
     c1, s1 = watch.snapshot()
-    level_s = {n: train(ci, sub) / int(sub.batches.active.any(0).sum()) for n, (ci, sub) in probes.items()}
+    level_s = {key: train(key[0], sub) / int(sub.batches.active.any(0).sum()) for key, sub in probes.items()}
     ev.timings["generate_s"] = 0.0
     answers = answer_all()
     c2, _ = watch.snapshot()
-    lengths = [ly.schedule.lengths[lv] for ly in layouts for lv in ly.schedule.level if lv >= 0]
-    k, b = ev.chunk_size(len(jobs)), cfg.inner.batch_size
+    steps = [
+        (ci, ly.schedule.lengths[lv]) for ci, ly in enumerate(layouts) for lv in ly.schedule.level if lv >= 0
+    ]
+    b = cfg.inner.batch_size
     return JaxRun(
-        train_s=sum(level_s[n] for n in lengths),
+        train_s=sum(level_s[key] for key in steps),
         answer_s_per_job=ev.timings["generate_s"] / len(jobs),
         computed_tokens=sum(layout_tokens(ly) for ly in layouts),
-        computed_flops=sum(train_flops(model.config, k * b * n, n) for n in lengths),
-        shared_steps=len(lengths),
+        computed_flops=sum(
+            train_flops(model.config, ev.call_size(len(chunks[ci])) * b * n, n) for ci, n in steps
+        ),
+        shared_steps=len(steps),
+        calls=[len(c) for c in chunks],
         level_s=level_s,
         compiles=c1 - c0,
         compile_s=s1 - s0,
@@ -493,6 +496,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="override InnerConfig.remat (engine experiment; default: the engine's default)",
     )
     p.add_argument("--loss-chunk", type=int, default=None, help="InnerConfig.loss_chunk (engine experiment)")
+    p.add_argument(
+        "--saved-matmuls-gb",
+        type=float,
+        default=None,
+        help="InnerConfig.saved_matmuls_gb (0: always recompute)",
+    )
     p.add_argument("--skip-torch", action="store_true", help="seal_jax only (engine experiments)")
     p.add_argument(
         "--threads",
@@ -515,21 +524,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     t_start = time.perf_counter()
     watch = CompileWatch.get()
-    pretrained = load_pretrained(MODEL)
-    cfg, tok = pretrained.config, pretrained.tokenizer
-    model = LoadedModel(cfg, base_from_params(cfg, pretrained.params), tok, MODEL)
+    model = load_model(
+        MODEL
+    )  # keeps no host copy of the weights (the torch twin is built from the device copy)
+    cfg, tok = model.config, model.tokenizer
     items, source = load_knowledge_items(1, args.passage)
     item = items[0]
     domain = KnowledgeDomain((), (), eval_max_new_tokens=MAX_NEW)
     jobs = make_jobs(item, domain, args.seeds)
     k = len(jobs)
-    overrides = ({"remat": args.remat == "on"} if args.remat else {}) | (
-        {"loss_chunk": args.loss_chunk} if args.loss_chunk else {}
+    overrides = (
+        ({"remat": args.remat == "on"} if args.remat else {})
+        | ({"loss_chunk": args.loss_chunk} if args.loss_chunk else {})
+        | ({"saved_matmuls_gb": args.saved_matmuls_gb} if args.saved_matmuls_gb is not None else {})
     )
     inner = InnerConfig(**overrides)
     full = workload_of(jobs, tok, inner)
     print(
-        f"InnerConfig: remat={inner.remat}, loss_chunk={inner.loss_chunk}, length_bucket={inner.length_bucket}, "
+        f"InnerConfig: remat={inner.remat}, saved_matmuls_gb={inner.saved_matmuls_gb}, "
+        f"loss_chunk={inner.loss_chunk}, length_bucket={inner.length_bucket}, "
         f"step_bucket={inner.step_bucket}"
     )
     print(
@@ -548,9 +561,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_k = run_seal_jax(model, EngineConfig(inner, sampling, chunk_k=k), jobs, per_level)
     rss_k = peak_rss_gb()
     print(
-        f"seal_jax K={k}: {run_k.shared_steps} shared steps; s/step by length "
-        f"{ {n: round(t, 2) for n, t in run_k.level_s.items()} }; answers {run_k.answer_s_per_job * k:.1f} s "
-        f"for the chunk; {run_k.compiles} compiles in {run_k.compile_s:.0f} s; peak RSS {rss_k:.2f} GB",
+        f"seal_jax chunk_k={k}: calls of {run_k.calls} adapters, {run_k.shared_steps} shared steps; s/step by "
+        f"(call, length) { {key: round(t, 2) for key, t in run_k.level_s.items()} }; "
+        f"answers {run_k.answer_s_per_job * k:.1f} s for all jobs; {run_k.compiles} compiles in "
+        f"{run_k.compile_s:.0f} s; peak RSS {rss_k:.2f} GB",
         flush=True,
     )
 
@@ -559,8 +573,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     seq_jobs = jobs[: args.sequential]
     run_1 = run_seal_jax(model, EngineConfig(inner, sampling, chunk_k=1), seq_jobs, per_level)
     print(
-        f"seal_jax K=1: {run_1.shared_steps} steps over {len(seq_jobs)} job(s); s/step by length "
-        f"{ {n: round(t, 2) for n, t in run_1.level_s.items()} }; answers {run_1.answer_s_per_job:.1f} s/job; "
+        f"seal_jax K=1: {run_1.shared_steps} steps over {len(seq_jobs)} job(s); s/step by (call, length) "
+        f"{ {key: round(t, 2) for key, t in run_1.level_s.items()} }; answers {run_1.answer_s_per_job:.1f} s/job; "
         f"{run_1.compiles} compiles in {run_1.compile_s:.0f} s",
         flush=True,
     )
@@ -592,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
 
     if not args.skip_torch:
-        torch_model = torch_llama(pretrained, threads=args.threads)
+        torch_model = torch_llama(model, threads=args.threads)
 
         def threads() -> str:
             if args.threads:

@@ -12,4 +12,5 @@ def get_config():
     cfg.workdir = "runs/arc_llama1b"
     cfg.model = "meta-llama/Llama-3.2-1B-Instruct"  # set to a local checkpoint directory
     cfg.dtype = "bfloat16"
+    cfg.inner.plan_step_cost = float(cfg.inner.chunk_k)  # accelerator: K adapters cost about one
     return cfg

@@ -15,5 +15,6 @@ def get_config():
     cfg.data.num_train = 100
     cfg.data.num_eval = 200
     cfg.inner.chunk_k = 15
+    cfg.inner.plan_step_cost = float(cfg.inner.chunk_k)  # accelerator: K adapters cost about one
     cfg.eval.grader = "offline"  # "judge" + OPENAI_API_KEY for the paper's GPT-4.1 grading
     return cfg

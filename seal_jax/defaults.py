@@ -62,7 +62,11 @@ def knowledge() -> ml_collections.ConfigDict:
             "max_levels": 3,  # step lengths per compiled chunk (engine/inner.py: length_levels)
             "loss_chunk": 64,
             "remat": True,  # peak memory 9.2 -> 3.4 GB at K=15 (docs/benchmarks.md)
+            "saved_matmuls_gb": 0.75,  # steps whose matmul outputs fit skip their recompute (engine/inner.py)
             "chunk_k": 15,
+            # Evaluator.plan's costs in adapter-steps: ~1 per shared step on a CPU (chunk_k on an accelerator)
+            "plan_step_cost": 1.0,
+            "plan_call_cost": 48.0,
             "pad_to": 0,
             "pad_in_loss": False,  # pad_to=2048, pad_in_loss=True: the reference's loss, for parity
         }
@@ -104,6 +108,7 @@ def knowledge() -> ml_collections.ConfigDict:
             "warmup_steps": 0,
             "max_length": 4096,
             "remat": True,
+            "saved_matmuls_gb": 0.75,
         }
     )
     cfg.replay = ml_collections.ConfigDict(
@@ -146,7 +151,10 @@ def arc() -> ml_collections.ConfigDict:
             "max_levels": 3,  # step lengths per compiled chunk (engine/inner.py: length_levels)
             "loss_chunk": 64,
             "remat": True,
+            "saved_matmuls_gb": 0.75,
             "chunk_k": 5,
+            "plan_step_cost": 1.0,
+            "plan_call_cost": 48.0,
             "pad_to": 0,
             "pad_in_loss": False,
         }
@@ -178,6 +186,7 @@ def arc() -> ml_collections.ConfigDict:
             "warmup_steps": 0,
             "max_length": 8192,
             "remat": True,
+            "saved_matmuls_gb": 0.75,
         }
     )
     return cfg

@@ -138,11 +138,10 @@ def evaluate_items(
         for it in runnable
     ]
     plan = evaluator.plan(jobs)
-    k = evaluator.chunk_size(len(jobs))
     for idx in tqdm(plan, desc=desc, leave=False):
         chunk = [runnable[i] for i in idx]
         if not all(it.key in journal for it in chunk):
-            results = evaluator.run_chunk([jobs[i] for i in idx], k)
+            results = evaluator.run_chunk([jobs[i] for i in idx])
             for it, res in zip(chunk, results, strict=True):
                 if it.key in journal:  # written before a kill; the recomputed chunk gives the same numbers
                     continue

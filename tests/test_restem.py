@@ -212,10 +212,7 @@ class StubEvaluator:
     def plan(self, jobs):
         return [list(range(len(jobs)))] if jobs else []
 
-    def chunk_size(self, num_jobs):
-        return max(num_jobs, 1)
-
-    def run_chunk(self, jobs, k):
+    def run_chunk(self, jobs):
         self.calls += 1
         return [AdaptResult(["x"] * len(j.queries), [1.5], False) for j in jobs]
 

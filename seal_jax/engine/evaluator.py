@@ -1,8 +1,8 @@
 """Adapt-and-answer: the inner loop plus evaluation for many self-edits, `chunk_k` adapters per compiled call.
 
 Domain-agnostic: a job is training examples + inner hparams + a seed + query prompts; the result is the adapted
-model's answers (the domain scores them). Jobs are sorted by step count so adapters that run in lock-step under
-`vmap` waste few masked steps, and every chunk has the same K so one compiled program serves them all.
+model's answers (the domain scores them). Jobs are sorted by step count and cut into calls so adapters that run in
+lock-step under `vmap` waste few idle steps (`Evaluator.plan`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from seal_jax.engine.inner import (
     encode_example,
     steps_for,
 )
-from seal_jax.engine.sampling import SamplingConfig, pad_prompts
+from seal_jax.engine.sampling import SamplingConfig, pad_prompts, prompt_width
 from seal_jax.engine.text import decode_outputs, encode_prompts, pad_id
 from seal_jax.models.bundle import LoadedModel
 from seal_jax.models.transformer import init_lora_k
@@ -57,12 +57,18 @@ class AdaptResult:
 
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
-    """Inner loop (static), evaluation decoding, adapters per call, warmup steps for every adapter."""
+    """Inner loop (static), evaluation decoding, at most `chunk_k` adapters per call, warmup steps for every
+    adapter. `Evaluator.plan` prices a call of m adapters whose longest job has S steps at
+    S × (m + `step_cost`) + `call_cost` adapter-steps: `step_cost` is a shared step's fixed cost in adapter-steps
+    (≈ 1 on a CPU, where a step's time grows with its adapters; ≈ chunk_k on an accelerator, where K adapters
+    cost about one), `call_cost` a call's (compile, answers)."""
 
     inner: InnerConfig
     sampling: SamplingConfig
     chunk_k: int = 8
     warmup_steps: int = 0
+    step_cost: float = 1.0
+    call_cost: float = 48.0
 
 
 class Evaluator:
@@ -97,33 +103,38 @@ class Evaluator:
         self.base = sharding.place_base(self.mesh, base)
 
     def plan(self, jobs: Sequence[AdaptJob]) -> list[list[int]]:
-        """Job indices grouped into compiled calls: sorted by step count, `chunk_k` per call.
+        """Job indices grouped into compiled calls of at most `chunk_k`: jobs sorted by step count, cut into
+        the contiguous groups of least cost (`EngineConfig`; every adapter of a call runs for its longest job's
+        steps, so jobs of unequal length are split when the idle adapter-steps outweigh a call). Ties go to
+        balanced calls. The plan depends only on `jobs`, so a resumed run recomputes the same chunks."""
+        cfg = self.cfg
+        own = [steps_for(len(j.examples), j.hparams.epochs, cfg.inner.batch_size) for j in jobs]
+        order = sorted(range(len(jobs)), key=own.__getitem__)
+        steps = [own[i] for i in order]
+        n = len(order)
+        best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
+        for end in range(1, n + 1):
+            for start in range(max(0, end - self.chunk_k), end):
+                size = self.call_size(end - start)
+                cost = best[start] + steps[end - 1] * (size + cfg.step_cost) + cfg.call_cost + 1e-6 * size**2
+                if cost < best[end]:
+                    best[end], cut[end] = cost, start
+        groups, end = [], n
+        while end > 0:
+            groups.append(order[cut[end] : end])
+            end = cut[end]
+        return groups[::-1]
 
-        The plan depends only on `jobs`, so a resumed run recomputes exactly the same chunks (same numbers).
-        """
-        order = sorted(
-            range(len(jobs)),
-            key=lambda i: steps_for(len(jobs[i].examples), jobs[i].hparams.epochs, self.cfg.inner.batch_size),
-        )
-        return [
-            order[start : start + self.chunk_size(len(jobs))]
-            for start in range(0, len(order), self.chunk_size(len(jobs)))
-        ]
-
-    def chunk_size(self, num_jobs: int) -> int:
-        """Adapters per call: as few calls as `chunk_k` allows, balanced (50 jobs at chunk_k 15 -> 4 calls of 13,
-        not 15+15+15+5 with 10 idle padding adapters); a multiple of the `data` axis."""
+    def call_size(self, num_jobs: int) -> int:
+        """Adapters in a call of `num_jobs` jobs: rounded up to a multiple of the `data` axis."""
         data = self.mesh.shape["data"]
-        calls = max(1, math.ceil(num_jobs / self.chunk_k))
-        return max(1, math.ceil(math.ceil(num_jobs / calls) / data)) * data
+        return max(1, math.ceil(num_jobs / data)) * data
 
     def run(self, jobs: Sequence[AdaptJob]) -> list[AdaptResult]:
         """Adapts and evaluates every job; results in the order of `jobs`."""
         results: dict[int, AdaptResult] = {}
         for idx in self.plan(jobs):
-            results.update(
-                zip(idx, self.run_chunk([jobs[i] for i in idx], self.chunk_size(len(jobs))), strict=True)
-            )
+            results.update(zip(idx, self.run_chunk([jobs[i] for i in idx]), strict=True))
         return [results[i] for i in range(len(jobs))]
 
     def prepare(self, jobs: Sequence[AdaptJob]) -> tuple[StepLayout, AdapterHparams, nnx.State]:
@@ -154,8 +165,9 @@ class Evaluator:
         self.timings["adapt_s"] += time.perf_counter() - t0
         return lora, stats
 
-    def run_chunk(self, jobs: list[AdaptJob], k: int) -> list[AdaptResult]:
-        """Adapts len(jobs) <= k adapters (padded to k with zero-step copies) and answers their queries."""
+    def run_chunk(self, jobs: list[AdaptJob]) -> list[AdaptResult]:
+        """Adapts the jobs of one call (padded to `call_size` with zero-step copies) and answers their queries."""
+        k = self.call_size(len(jobs))
         padded = jobs + [dataclasses.replace(jobs[0], examples=(), seed=0)] * (k - len(jobs))
         layout, hparams, lora0 = self.prepare(padded)
         if layout.steps.max() == 0:  # nothing to train (baselines): fresh adapters are the base model
@@ -183,7 +195,7 @@ class Evaluator:
             encode_prompts(tok, (q or [""]) + [(q or [""])[0]] * (rows - len(q or [""]))) for q in queries_k
         ]
         longest = max(len(ids) for e in encoded for ids in e)
-        width = -(-longest // cfg.prompt_bucket) * cfg.prompt_bucket
+        width = prompt_width(longest, cfg)
         padded = [pad_prompts(e, cfg, width) for e in encoded]
         keys = jnp.stack([jax.random.key(s) for s in seeds])
         t0 = time.perf_counter()

@@ -41,6 +41,8 @@ class InnerConfig:
     its data (`length_levels`); each length is a `lax.switch` branch. `coupled_order` places long examples in
     each epoch with a random stream (`order_seed`) shared by all adapters: every adapter's order stays a uniform
     random permutation, but long steps line up (`_epoch_order`).
+    With `remat`, each layer is recomputed in the backward; a step whose weight-matmul outputs (all K adapters)
+    fit in `saved_matmuls_gb` keeps them instead and recomputes only the cheap rest (`remat_policy`).
     """
 
     lora: LoraConfig = LoraConfig()
@@ -56,9 +58,8 @@ class InnerConfig:
     max_levels: int = 3
     step_bucket: int = 8
     loss_chunk: int = 64
-    remat: bool = (
-        True  # K=15 x T=256 on CPU: peak RSS 9.2 GB -> 3.4 GB at equal or better step time (benchmarks.md)
-    )
+    remat: bool = True  # K=15 x T=256 on CPU: peak RSS 9.2 GB -> 3.4 GB at equal or better step time
+    saved_matmuls_gb: float = 0.75
     pad_to: int | None = None
     pad_in_loss: bool = False
     coupled_order: bool = True
@@ -67,6 +68,8 @@ class InnerConfig:
     def __post_init__(self) -> None:
         if self.max_levels < 1:
             raise ValueError(f"max_levels={self.max_levels} must be at least 1")
+        if self.saved_matmuls_gb < 0:
+            raise ValueError(f"saved_matmuls_gb={self.saved_matmuls_gb} must be >= 0 (0: always recompute)")
         if self.pad_in_loss and self.pad_to is None:
             raise ValueError("pad_in_loss needs pad_to (the reference pads every sequence to a fixed length)")
 
@@ -349,19 +352,37 @@ def _optimizer(cfg: InnerConfig) -> optax.GradientTransformation:
     )
 
 
+# Weight matmuls whose outputs the backward reuses (it never needs the down projection's output).
+_REUSED_PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up")
+
+
+def remat_policy(base: nnx.State, step_tokens: int, cfg: InnerConfig) -> str | None:
+    """The `REMAT_POLICIES` entry for a training step over `step_tokens` tokens (all adapters together):
+    "save_matmuls" when the outputs it keeps fit in `cfg.saved_matmuls_gb` (≈14% faster steps than "full" on
+    this CPU, benchmarks.md), else "full"; None without `cfg.remat`."""
+    if not cfg.remat:
+        return None
+    layers = base["layers"]
+    per_token = sum(
+        layers[n].shape[0] * layers[n].shape[-1] * layers[n].dtype.itemsize for n in _REUSED_PROJECTIONS
+    )
+    return "save_matmuls" if per_token * step_tokens <= cfg.saved_matmuls_gb * 2**30 else "full"
+
+
 def mean_token_loss(
     lora: nnx.State,
     base: nnx.State,
     graphdef: nnx.GraphDef,
     tokens: Array,
     loss_mask: Array,
-    cfg: InnerConfig,
+    remat: str | None,
+    loss_chunk: int,
 ) -> Array:
     """Mean next-token NLL over the masked targets of one batch. tokens, loss_mask: [B, T]."""
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    hidden, _, head = forward(graphdef, base, lora, tokens, positions, remat=cfg.remat)
+    hidden, _, head = forward(graphdef, base, lora, tokens, positions, remat=remat)
     targets, mask = shift_targets(tokens, loss_mask)
-    return chunked_nll_sum(hidden, head, targets, mask, cfg.loss_chunk) / jnp.maximum(mask.sum(), 1.0)
+    return chunked_nll_sum(hidden, head, targets, mask, loss_chunk) / jnp.maximum(mask.sum(), 1.0)
 
 
 def _where_tree(pred: Array, new: Any, old: Any) -> Any:
@@ -377,19 +398,23 @@ def adapt(
     *,
     graphdef: nnx.GraphDef,
     cfg: InnerConfig,
+    adapters_per_step: int = 1,
 ) -> tuple[nnx.State, AdaptStats]:
     """LoRA SFT of one adapter: a scan over S steps ([S, B, T] batches). Non-finite loss/grads freeze it.
 
     Step g runs at length `schedule.lengths[schedule.level[g]]` via `lax.switch`; the level is shared by all
     adapters (unbatched under vmap), so only that branch runs. The learning-rate schedule counts this adapter's
-    real steps, not the shared ones.
+    real steps, not the shared ones. `adapters_per_step` (the vmapped K) sizes each branch's `remat_policy`.
     """
     tx = _optimizer(cfg)
     grad_fn = jax.value_and_grad(mean_token_loss)
 
     def loss_and_grads(lora: nnx.State, tokens: Array, loss_mask: Array, level: Array) -> tuple[Array, Any]:
         def at_length(n: int):
-            return lambda: grad_fn(lora, base, graphdef, tokens[:, :n], loss_mask[:, :n], cfg)
+            remat = remat_policy(base, adapters_per_step * tokens.shape[0] * n, cfg)
+            return lambda: grad_fn(
+                lora, base, graphdef, tokens[:, :n], loss_mask[:, :n], remat, cfg.loss_chunk
+            )
 
         def idle():
             return jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, lora)
@@ -424,8 +449,15 @@ def adapt(
 
 def vmapped_adapt(graphdef: nnx.GraphDef, cfg: InnerConfig, spmd_axis_name: str | None = None) -> Callable:
     """`adapt` vmapped over a leading K axis of `lora0`, `batches` and `hparams`; `base`, `schedule` shared."""
-    fn = functools.partial(adapt, graphdef=graphdef, cfg=cfg)
-    return jax.vmap(fn, in_axes=(0, None, 0, None, 0), spmd_axis_name=spmd_axis_name)
+
+    def run(
+        lora0: nnx.State, base: nnx.State, batches: StepBatches, schedule: StepSchedule, hparams: Any
+    ) -> tuple[nnx.State, AdaptStats]:
+        fn = functools.partial(adapt, graphdef=graphdef, cfg=cfg, adapters_per_step=batches.tokens.shape[0])
+        vmapped = jax.vmap(fn, in_axes=(0, None, 0, None, 0), spmd_axis_name=spmd_axis_name)
+        return vmapped(lora0, base, batches, schedule, hparams)
+
+    return run
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"), donate_argnums=(0,))

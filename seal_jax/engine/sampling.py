@@ -29,7 +29,7 @@ class SamplingConfig:
     top_p: float = 1.0
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
-    prompt_bucket: int = 16  # prompt widths are multiples of this: prefill cost is linear in the width
+    prompt_bucket: int = 16  # the finest prompt-width step (`prompt_width`)
 
 
 def sample_token(logits: Array, key: Array, cfg: SamplingConfig) -> Array:
@@ -137,17 +137,24 @@ def generate_k(
     return vmapped_generate(graphdef, cfg)(base, lora, prompts, prompt_lens, keys)
 
 
+def prompt_width(longest: int, cfg: SamplingConfig) -> int:
+    """The padded prompt width for a longest prompt of `longest` tokens: a multiple of `prompt_bucket`, and
+    of a quarter of the power of two below `longest`, so there are at most 4 widths per doubling (each width
+    compiles its own decode program) and padding stays under 25% (16 → 16, 100 → 112, 300 → 320)."""
+    step = max(cfg.prompt_bucket, (1 << (max(longest, 1).bit_length() - 1)) // 4)
+    return max(cfg.prompt_bucket, -(-longest // step) * step)
+
+
 def pad_prompts(
     prompts: Sequence[Sequence[int]],
     cfg: SamplingConfig,
     width: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pads token lists into int32 [B, P] (P = bucketed longest, or `width`) and lengths [B]."""
+    """Right-pads token lists into int32 [B, P] (P = `prompt_width` of the longest, or `width`) and lengths [B]."""
     lens = np.array([len(p) for p in prompts], np.int32)
     if lens.size and lens.min() < 1:
         raise ValueError("every prompt needs at least one token")
-    longest = int(lens.max(initial=1))
-    width = width or max(cfg.prompt_bucket, -(-longest // cfg.prompt_bucket) * cfg.prompt_bucket)
+    width = width or prompt_width(int(lens.max(initial=1)), cfg)
     out = np.full((len(prompts), width), cfg.pad_id, np.int32)
     for i, p in enumerate(prompts):
         out[i, : len(p)] = p

@@ -36,6 +36,7 @@ class SftConfig:
     warmup_steps: int = 0
     max_length: int = 4096
     remat: bool = True
+    saved_matmuls_gb: float = 0.75
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,7 @@ def sft_policy(policy: LoadedModel, pairs: Sequence[TrainExample], cfg: SftConfi
         schedule=cfg.schedule,
         max_length=cfg.max_length,
         remat=cfg.remat,
+        saved_matmuls_gb=cfg.saved_matmuls_gb,
         step_bucket=1,
     )
     encoded = [

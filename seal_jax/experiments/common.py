@@ -46,6 +46,7 @@ def inner_config(c: Any, seed: int) -> InnerConfig:
             order_seed=seed,
             loss_chunk=int(c.loss_chunk),
             remat=bool(c.remat),
+            saved_matmuls_gb=float(c.saved_matmuls_gb),
             pad_to=int(c.pad_to) or None,
             pad_in_loss=bool(c.pad_in_loss),
         )
@@ -63,6 +64,7 @@ def sft_config(c: Any) -> SftConfig:
         warmup_steps=int(c.warmup_steps),
         max_length=int(c.max_length),
         remat=bool(c.remat),
+        saved_matmuls_gb=float(c.saved_matmuls_gb),
     )
 
 
@@ -93,6 +95,8 @@ def make_evaluator(model: LoadedModel, cfg: Any, max_new: int) -> Evaluator:
         sampling=sampling_config(model.tokenizer, max_new=max_new),
         chunk_k=int(cfg.inner.chunk_k),
         warmup_steps=int(cfg.inner.warmup_steps),
+        step_cost=float(cfg.inner.plan_step_cost),
+        call_cost=float(cfg.inner.plan_call_cost),
     )
     return Evaluator(model, engine, mesh)
 

@@ -27,6 +27,13 @@ from seal_jax.models.config import ModelConfig
 from seal_jax.models.lora import TARGETS, LoraConfig, target_shape
 
 Array = jax.Array
+# How the training path rematerializes each layer in the backward: "full" recomputes the whole layer from its
+# input; "save_matmuls" keeps the outputs of the weight matmuls (dots without batch dimensions: q, k, v, o, gate,
+# up) and recomputes only the cheap rest (norms, RoPE, attention, LoRA). None stores every activation.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 LayerSlices = tuple[tuple[dict[str, Array], dict[str, tuple[Array, Array]]], ...]
 
 
@@ -222,11 +229,11 @@ class Transformer(nnx.Module):
         *,
         write_at: Array | int = 0,
         layers: LayerSlices | None = None,
-        remat: bool = False,
+        remat: str | None = None,
     ) -> tuple[Array, KVCache | None]:
         """tokens, positions: int [B, T] -> hidden [B, T, D] and the updated cache.
 
-        Without a cache the layers run under `lax.scan` (training; `remat` recomputes each layer in the backward).
+        Without a cache the layers run under `lax.scan` (training; `remat` names a `REMAT_POLICIES` entry).
         With one, the tokens go to cache slots [write_at, write_at + T) (`write_at` a scalar shared by the rows)
         and the layers are unrolled over `layers` (default `self.layer_slices()`). A decode loop should slice
         once, before the loop: slicing inside it copies every layer's weights at every step."""
@@ -243,8 +250,8 @@ class Transformer(nnx.Module):
                 w, lw = layer
                 return _decoder_layer(cfg, scale, x, w, lw, cos, sin, positions, None)[0], None
 
-            if remat:
-                body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+            if remat is not None:
+                body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
             x, _ = jax.lax.scan(body, x, self._stacked_layers())
             return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), None
 
@@ -346,7 +353,7 @@ def forward(
     cache: KVCache | None = None,
     *,
     write_at: Array | int = 0,
-    remat: bool = False,
+    remat: str | None = None,
 ) -> tuple[Array, KVCache | None, Array]:
     """Pure forward: -> (hidden [B, T, D], updated cache, head [D, V]). Call inside jit/vmap."""
     model = merge_model(graphdef, base, lora)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -73,19 +75,32 @@ def test_chunked_run_equals_one_job_at_a_time(tiny, chunked_results):
 
 
 def test_plan_sorts_by_step_count_deterministically(tiny, chunked):
-    assert chunked.plan(JOBS) == [[2, 1], [0]]  # steps 3, 5 | 6
-    assert chunked.plan(JOBS) == Evaluator(tiny, engine(tiny, chunk_k=2)).plan(JOBS)
-    ties = [JOBS[1], JOBS[0], JOBS[1], JOBS[2]]  # steps 5, 6, 5, 3: equal counts keep job order
-    assert chunked.plan(ties) == [[3, 0], [2, 1]]
-    wide = Evaluator(tiny, engine(tiny, chunk_k=8))
-    assert wide.chunk_size(3) == 3 and wide.plan(JOBS) == [[2, 1, 0]]
-    # balanced calls: 50 jobs at chunk_k 15 run as 4 calls of 13, not 15+15+15+5 (10 idle adapters)
-    assert [Evaluator(tiny, engine(tiny, chunk_k=15)).chunk_size(n) for n in (1, 15, 16, 50)] == [
-        1,
-        15,
-        8,
-        13,
+    plan = chunked.plan(JOBS)  # steps 3, 5, 6
+    assert plan == Evaluator(tiny, engine(tiny, chunk_k=2)).plan(JOBS)
+    assert sorted(i for g in plan for i in g) == [0, 1, 2] and all(len(g) <= 2 for g in plan)
+    assert [i for g in plan for i in g] == [2, 1, 0]  # calls follow the step order
+    ties = [JOBS[1], JOBS[1], JOBS[1]]  # equal counts keep job order
+    assert [i for g in chunked.plan(ties) for i in g] == [0, 1, 2]
+    assert Evaluator(tiny, engine(tiny, chunk_k=8)).plan(JOBS) == [[2, 1, 0]]  # short jobs: one call
+
+
+def sized_jobs(sequences: list[int]) -> list[AdaptJob]:
+    """Jobs of 10 epochs over `n` one-line examples each (n × 10 steps)."""
+    return [
+        AdaptJob(ex(*(f"line {i}" for i in range(n))), InnerHparams(learning_rate=1e-3, epochs=10), 0, ())
+        for n in sequences
     ]
+
+
+def test_plan_splits_unequal_jobs_when_idle_steps_outweigh_a_call(tiny):
+    # The benchmark's 15 self-edits: 6, 7 and 8 lines (3 each) and 11 lines (6): 60-110 steps.
+    jobs = sized_jobs([11, 11, 7, 8, 6] * 3)
+    cpu = Evaluator(tiny, engine(tiny, chunk_k=15))
+    assert [len(g) for g in cpu.plan(jobs)] == [9, 6]  # 1380 adapter-steps (90 idle) vs 1650 in one call
+    accelerator = Evaluator(tiny, dataclasses.replace(engine(tiny, chunk_k=15), step_cost=15.0))
+    assert [len(g) for g in accelerator.plan(jobs)] == [15]  # a step of 15 adapters costs about one
+    equal = cpu.plan(sized_jobs([4] * 50))  # equal jobs: fewest calls, balanced (not 15+15+15+5)
+    assert sorted(len(g) for g in equal) == [12, 12, 13, 13]
 
 
 def test_zero_example_job_answers_like_the_base_model(tiny, chunked, chunked_results):

@@ -18,6 +18,8 @@ from seal_jax.engine.inner import (
     build_step_batches,
     learning_rate_at,
     length_levels,
+    mean_token_loss,
+    remat_policy,
     schedule_steps,
 )
 from seal_jax.models.lora import LoraConfig
@@ -262,3 +264,54 @@ def test_coupled_orders_line_up_long_examples():
     )
     top = len(independent.schedule.lengths) - 1
     assert int((independent.schedule.level == top).sum()) > 3
+
+
+def test_remat_policy_follows_the_saved_matmul_budget(tiny):
+    layers = tiny.base["layers"]
+    per_token = sum(
+        layers[n].shape[0] * layers[n].shape[-1] * 4 for n in ("wq", "wk", "wv", "wo", "w_gate", "w_up")
+    )
+    cfg = dataclasses.replace(CFG, saved_matmuls_gb=100 * per_token / 2**30)  # room for exactly 100 tokens
+    assert remat_policy(tiny.base, 100, cfg) == "save_matmuls"
+    assert remat_policy(tiny.base, 101, cfg) == "full"
+    assert remat_policy(tiny.base, 1, dataclasses.replace(cfg, saved_matmuls_gb=0.0)) == "full"
+    assert remat_policy(tiny.base, 1, dataclasses.replace(cfg, remat=False)) is None
+    with pytest.raises(ValueError, match="saved_matmuls_gb"):
+        InnerConfig(saved_matmuls_gb=-1.0)
+
+
+def _dot_count(jaxpr) -> int:
+    """dot_general equations in a jaxpr and all its sub-jaxprs (scan bodies, remat, custom_vjp)."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += eqn.primitive.name == "dot_general"
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    count += _dot_count(inner)
+    return count
+
+
+def test_save_matmuls_recomputes_only_the_attention_dots(tiny):
+    tokens = jnp.zeros((1, 16), jnp.int32)
+    lora0 = jax.tree.map(lambda x: x[0], init_lora_k(tiny.config, LORA, jax.random.key(0)[None]))
+    graphdef = tiny.graphdef(LORA)
+
+    def dots(remat):
+        loss = lambda lora: mean_token_loss(lora, tiny.base, graphdef, tokens, tokens * 1.0, remat, 8)
+        return _dot_count(jax.make_jaxpr(jax.grad(loss))(lora0).jaxpr)
+
+    none, save, full = dots(None), dots("save_matmuls"), dots("full")
+    assert save == none + 1  # only the attention scores are recomputed; every weight and LoRA matmul is kept
+    assert full >= save + 6  # full remat recomputes q, k, v, o, gate, up and the LoRA matmuls too
+
+
+def test_remat_policies_give_the_same_adapters(tiny):
+    results = [
+        run(tiny, ADAPTERS, [2, 3, 1], [1e-2, 3e-2, 5e-3], [0, 1, 2], dataclasses.replace(CFG, **c))[0]
+        for c in ({"remat": False}, {"saved_matmuls_gb": 0.0}, {"saved_matmuls_gb": 1.0})
+    ]
+    for other in results[1:]:
+        for a, b in zip(leaves(results[0]), leaves(other), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)

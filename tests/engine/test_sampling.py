@@ -11,7 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seal_jax.engine.sampling import SamplingConfig, generate_jit, generate_k, pad_prompts, sample_token
+from seal_jax.engine.sampling import (
+    SamplingConfig,
+    generate_jit,
+    generate_k,
+    pad_prompts,
+    prompt_width,
+    sample_token,
+)
 from seal_jax.models.lora import LoraConfig
 from seal_jax.models.transformer import init_lora_k, merge_model
 
@@ -220,3 +227,14 @@ def test_decode_loop_reads_no_weight_stack_and_has_a_scalar_predicate(tiny):
     for e in body_eqns:
         shapes = [tuple(v.aval.shape) for v in e.invars if hasattr(v, "aval")]
         assert not stacked & set(shapes), f"a stacked [L, ...] weight is read inside the loop: {e.primitive}"
+
+
+def test_prompt_widths_are_few_per_doubling_and_pad_under_a_quarter():
+    cfg = SamplingConfig(prompt_bucket=16)
+    widths = {n: prompt_width(n, cfg) for n in range(1, 1025)}
+    assert all(w >= n and w % 16 == 0 for n, w in widths.items())
+    assert all(w < 1.25 * n for n, w in widths.items() if n > 64)  # long prompts pad by under 25%
+    for low in (64, 128, 256, 512):  # each doubling of the longest prompt compiles at most 4 programs
+        assert len({widths[n] for n in range(low + 1, 2 * low + 1)}) <= 4
+    assert len(set(widths.values())) <= 4 + 4 * 4  # 16..64, then 4 per doubling up to 1024
+    assert pad_prompts([[1] * 100], cfg)[0].shape == (1, 112)
