@@ -29,7 +29,8 @@ from seal_jax.models.lora import TARGETS, LoraConfig, target_shape
 Array = jax.Array
 # How the training path rematerializes each layer in the backward: "full" recomputes the whole layer from its
 # input; "save_matmuls" keeps the outputs of the weight matmuls (dots without batch dimensions: q, k, v, o, gate,
-# up) and recomputes only the cheap rest (norms, RoPE, attention, LoRA). None stores every activation.
+# up) and recomputes only the cheap rest (norms, RoPE, attention scores; under vmap also the LoRA dots, which then
+# carry a batch dimension). None stores every activation.
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
