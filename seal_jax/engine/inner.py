@@ -244,9 +244,11 @@ def build_step_batches(
 
     Each adapter sees exactly the batches, in exactly the order, it would see alone; `schedule_steps` only
     decides at which shared step it takes each one, so a short sequence never pays for another adapter's long
-    one. S (shared steps) is rounded up to `step_bucket` with empty steps; T is the longest length level.
+    one. S (shared steps) is rounded up to `step_bucket` with empty steps; T is the longest length level. B is
+    `batch_size`, or fewer when no adapter has that many examples (HF's last partial batch: 3 SFT pairs at batch
+    10 run 3 rows, not 10 of which 7 are empty).
     """
-    b = cfg.batch_size
+    b = max(1, min(cfg.batch_size, max((len(x) for x in adapters), default=1)))
     own: list[list[list[EncodedExample | None]]] = []  # [K][own step][row]
     for examples, n_epochs, seed in zip(adapters, epochs, seeds, strict=True):
         rng = np.random.default_rng(seed)

@@ -203,6 +203,15 @@ def test_batches_bucket_lengths_and_mask_padding():
     assert layout.batches.loss_mask[0, :2].sum() == 3 * 64  # 3 real rows, pads in loss
 
 
+def test_batch_rows_shrink_to_the_largest_adapter():
+    few = [examples(0, [10, 12, 9]), examples(1, [7, 5])]
+    wide = build_step_batches(few, [2, 3], [0, 1], dataclasses.replace(CFG, batch_size=10), pad_id=0)
+    exact = build_step_batches(few, [2, 3], [0, 1], dataclasses.replace(CFG, batch_size=3), pad_id=0)
+    assert wide.batches.tokens.shape[2] == 3 and list(wide.steps) == [2, 3]  # one partial batch per epoch
+    for a, b in zip(jax.tree.leaves(wide.batches), jax.tree.leaves(exact.batches), strict=True):
+        np.testing.assert_array_equal(a, b)  # exactly HF's batches of 3 (and 2) rows: no empty rows computed
+
+
 def test_length_levels_minimize_padding():
     assert length_levels([], 3, CFG) == (16,)
     assert length_levels([5, 16], 3, CFG) == (16,)
