@@ -524,9 +524,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     t_start = time.perf_counter()
     watch = CompileWatch.get()
-    model = load_model(
-        MODEL
-    )  # keeps no host copy of the weights (the torch twin is built from the device copy)
+    # No host copy of the weights is kept: the torch twin is built from the device copy.
+    model = load_model(MODEL)
     cfg, tok = model.config, model.tokenizer
     items, source = load_knowledge_items(1, args.passage)
     item = items[0]

@@ -78,6 +78,19 @@ def test_malformed_eval_json_exits_2_naming_the_file(tmp_path, config_file):
     assert line.startswith("error:") and str(bad) in line
 
 
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("sft.saved_matmuls_gb=-1", "saved_matmuls_gb"), ("inner.plan_call_cost=-1", "call_cost")],
+)
+def test_bad_engine_setting_exits_2_before_any_work(tmp_path, config_file, override, named):
+    proc = main("--config", str(config_file), f"--config.workdir={tmp_path / 'run'}", f"--config.{override}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    line = last_line(proc.stderr)
+    assert line.startswith("error:") and named in line
+    assert not (tmp_path / "run" / "journal").exists()  # nothing was evaluated
+
+
 def test_rerun_with_a_different_config_in_the_same_workdir_exits_2(tmp_path, config_file):
     workdir = tmp_path / "run"
     cfg = runpy.run_path(str(config_file))["get_config"]()

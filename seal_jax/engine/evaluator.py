@@ -70,6 +70,12 @@ class EngineConfig:
     step_cost: float = 1.0
     call_cost: float = 48.0
 
+    def __post_init__(self) -> None:
+        if self.step_cost < 0 or self.call_cost < 0:
+            raise ValueError(
+                f"plan costs must be >= 0, got step_cost={self.step_cost}, call_cost={self.call_cost}"
+            )
+
 
 class Evaluator:
     """Holds the compiled adapt/generate functions for one model on one mesh."""

@@ -38,6 +38,10 @@ class SftConfig:
     remat: bool = True
     saved_matmuls_gb: float = 0.75
 
+    def __post_init__(self) -> None:
+        if self.saved_matmuls_gb < 0:
+            raise ValueError(f"saved_matmuls_gb={self.saved_matmuls_gb} must be >= 0 (0: always recompute)")
+
 
 @dataclasses.dataclass(frozen=True)
 class SftResult:

@@ -92,6 +92,7 @@ def run(cfg: Any) -> dict[str, Any]:
     (workdir / "tasks.json").write_text(json.dumps({k: [t.id for t in v] for k, v in splits.items()}) + "\n")
     domain = make_domain(cfg, model, splits)
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
+    restem_cfg = restem_config(cfg, model)  # bad settings fail here, before any work
     journal = Journal(workdir / "journal", "heldout")
     evals = domain.contexts("eval")
     sampling = common.policy_sampling(model, cfg.restem)
@@ -127,8 +128,6 @@ def run(cfg: Any) -> dict[str, Any]:
             ("TTT + self-edit (no RL)", sampled("round0", model), "initial policy"),
             ("Oracle TTT", heldout.accuracy(oracle, "oracle/", per_context=False), "fixed config"),
         ]
-    policy, stats = run_restem(
-        model, domain, evaluator, restem_config(cfg, model), str(workdir), {"config": cfg.to_json()}
-    )
+    policy, stats = run_restem(model, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()})
     rows.insert(2 if rows else 0, (f"SEAL ({cfg.restem.rounds} round)", sampled("seal", policy), "ReST-EM"))
     return finish(workdir, rows, stats, f"ARC: {cfg.model}, {len(evals)} held-out tasks, % (task, SE) solved")

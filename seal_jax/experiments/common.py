@@ -55,17 +55,20 @@ def inner_config(c: Any, seed: int) -> InnerConfig:
 
 
 def sft_config(c: Any) -> SftConfig:
-    return SftConfig(
-        lora=lora_config(c),
-        learning_rate=float(c.learning_rate),
-        epochs=int(c.epochs),
-        batch_size=int(c.batch_size),
-        schedule=c.schedule,
-        warmup_steps=int(c.warmup_steps),
-        max_length=int(c.max_length),
-        remat=bool(c.remat),
-        saved_matmuls_gb=float(c.saved_matmuls_gb),
-    )
+    try:
+        return SftConfig(
+            lora=lora_config(c),
+            learning_rate=float(c.learning_rate),
+            epochs=int(c.epochs),
+            batch_size=int(c.batch_size),
+            schedule=c.schedule,
+            warmup_steps=int(c.warmup_steps),
+            max_length=int(c.max_length),
+            remat=bool(c.remat),
+            saved_matmuls_gb=float(c.saved_matmuls_gb),
+        )
+    except ValueError as err:
+        raise UserInputError(f"bad sft config: {err}") from None
 
 
 def policy_sampling(model: LoadedModel, c: Any) -> SamplingConfig:
@@ -90,14 +93,17 @@ def load(cfg: Any) -> LoadedModel:
 def make_evaluator(model: LoadedModel, cfg: Any, max_new: int) -> Evaluator:
     """The K-adapter evaluator on the configured mesh."""
     mesh = sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
-    engine = EngineConfig(
-        inner=inner_config(cfg.inner, int(cfg.seed)),
-        sampling=sampling_config(model.tokenizer, max_new=max_new),
-        chunk_k=int(cfg.inner.chunk_k),
-        warmup_steps=int(cfg.inner.warmup_steps),
-        step_cost=float(cfg.inner.plan_step_cost),
-        call_cost=float(cfg.inner.plan_call_cost),
-    )
+    try:
+        engine = EngineConfig(
+            inner=inner_config(cfg.inner, int(cfg.seed)),
+            sampling=sampling_config(model.tokenizer, max_new=max_new),
+            chunk_k=int(cfg.inner.chunk_k),
+            warmup_steps=int(cfg.inner.warmup_steps),
+            step_cost=float(cfg.inner.plan_step_cost),
+            call_cost=float(cfg.inner.plan_call_cost),
+        )
+    except ValueError as err:
+        raise UserInputError(f"bad inner-loop config: {err}") from None
     return Evaluator(model, engine, mesh)
 
 

@@ -142,6 +142,7 @@ def run(cfg: Any) -> dict[str, Any]:
     data.write_selection(workdir / "selection_eval.json", evals)
     domain = make_domain(cfg, writer, train, evals)
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
+    restem_cfg = restem_config(cfg, writer)  # bad settings fail here, before any work
     journal = Journal(workdir / "journal", "heldout")
     rows = []
     if cfg.eval.baselines:
@@ -158,7 +159,7 @@ def run(cfg: Any) -> dict[str, Any]:
         writer,
         domain,
         evaluator,
-        restem_config(cfg, writer),
+        restem_cfg,
         str(workdir),
         {"config": cfg.to_json()},
         policy_is_student=not cfg.writer_model,
