@@ -6,6 +6,7 @@ Nothing here is imported by the library; torch is imported lazily, only by the f
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import resource
@@ -16,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from seal_jax.experiments.common import DTYPES
 from seal_jax.models.bundle import LoadedModel
 from seal_jax.models.config import ModelConfig
+from seal_jax.models.transformer import weight_dot
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_VAL = REPO.parent / "shared/data/seal_reference/knowledge/self_edits/base_val.json"
@@ -38,11 +40,22 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> tuple[float, list[float]]:
-    """Median GFLOP/s of a jitted f32 `jnp.dot` of two n×n matrices (2·n³ FLOPs), after one warm-up call."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
+def add_dtype_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="float32",
+        help="base weights and matmul operands of every contender (bfloat16: the reference's precision; "
+        "seal_jax accumulates in f32, torch runs its bf16 model); peaks are measured in the same dtype",
+    )
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> tuple[float, list[float]]:
+    """Median GFLOP/s of the model's jitted `weight_dot` on two n×n `dtype` matrices (2·n³ FLOPs; bf16 operands
+    accumulate in f32), after one warm-up call."""
+    a = jax.random.normal(jax.random.key(0), (n, n), DTYPES[dtype])
+    b = jax.random.normal(jax.random.key(1), (n, n), DTYPES[dtype])
+    dot = jax.jit(weight_dot)
     dot(a, b).block_until_ready()
     rates = []
     for _ in range(repeats):
@@ -51,11 +64,11 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> tuple[float, list[flo
     return median(rates), rates
 
 
-def torch_matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+def torch_matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
     """The same measurement with `torch.mm` (its own thread pool suffers differently from load on the machine)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = (torch.randn(n, n).to(getattr(torch, dtype)) for _ in range(2))
     torch.mm(a, b)
     rates = []
     for _ in range(repeats):
@@ -125,7 +138,8 @@ def train_flops(cfg: ModelConfig, tokens: float, seq_len: float) -> float:
 
 
 def torch_llama(model: LoadedModel, threads: int | None = None) -> Any:
-    """A `transformers.LlamaForCausalLM` (f32, eval mode) holding exactly `model`'s weights (tied head).
+    """A `transformers.LlamaForCausalLM` (eval mode, in the dtype of `model`'s weights) holding exactly
+    `model`'s weights (tied head).
 
     The weights come from the device copy, so a benchmark holds no second host copy of them."""
     import torch
@@ -150,7 +164,8 @@ def torch_llama(model: LoadedModel, threads: int | None = None) -> Any:
     torch_model.tie_weights()
     rotary = torch_model.model.rotary_emb
     torch_model.model.rotary_emb = type(rotary)(config=config)  # buffers were created on meta
-    return torch_model.float().eval()
+    dtype = getattr(torch, str(model.base["embed"].dtype))
+    return torch_model.to(dtype).eval()
 
 
 def pick_torch_threads(model: Any, candidates: Sequence[int] = (1, 2), repeats: int = 5) -> tuple[int, dict]:

@@ -9,7 +9,8 @@ domain's closed-book QA prompts. tokens/s = total batch × new tokens / wall tim
 included), median of `--repeats` timed calls after a warm-up (AOT compile for JAX, a short generate for torch);
 the contenders' calls alternate, so load from other processes falls on both alike.
 The torch side runs the base model without LoRA, which can only favour it; `--peft` adds HF generate through
-PEFT with K adapters in one mixed batch (`adapter_names`), the like-for-like setting.
+PEFT with K adapters in one mixed batch (`adapter_names`), the like-for-like setting. `--dtype bfloat16` gives
+both sides bf16 weights (seal_jax: bf16 operands, f32 accumulation and activations; torch: its bf16 model).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._common import (
+    DTYPES,
     CompileWatch,
+    add_dtype_arg,
     load_knowledge_items,
     median,
     pick_torch_threads,
@@ -179,6 +182,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"SamplingConfig.prompt_bucket for the JAX prompts (engine default {SamplingConfig.prompt_bucket})",
     )
     p.add_argument("--peft", action="store_true", help="also time HF generate with PEFT mixed adapters")
+    add_dtype_arg(p)
     p.add_argument(
         "--threads",
         type=int,
@@ -194,7 +198,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     t_start = time.perf_counter()
-    model = load_model(MODEL)
+    model = load_model(MODEL, DTYPES[args.dtype])
     cfg, tok, base = model.config, model.tokenizer, model.base
     torch_model = torch_llama(model, threads=args.threads)
     rows, results = [], []
@@ -213,13 +217,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         runs["torch"], t = torch_decoder(torch_model, prompts, args.new)
         if args.peft:
-            peft_model, names = peft_mixed(torch_model, k)
+            # A separate twin: PEFT injects its layers in place, and the base contender must stay LoRA-free.
+            peft_model, names = peft_mixed(torch_llama(model, threads=threads), k)
             runs["peft"], _ = torch_decoder(
                 peft_model, prompts, args.new, [n for n in names for _ in range(b)]
             )
         times = interleaved(runs, args.repeats)
         if args.peft:
-            torch_model = peft_model.unload()
+            del peft_model
         tps = {name: total * args.new / median(ts) for name, ts in times.items()}
         results.append((total, tps["jax"], tps["torch"]))
         secs = {name: " ".join(f"{x:.1f}" for x in ts) for name, ts in times.items()}

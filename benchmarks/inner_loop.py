@@ -24,9 +24,13 @@ length level, and fewer self-edits for the one-at-a-time contenders; the output 
 
 MFU: FLOPs = 4·N·tokens (forward 2·N + input-gradient backward 2·N: the base is frozen, so no weight
 gradients; N = matmul parameters incl. the tied head) + attention, against a matmul peak measured here just
-before each contender's phase (median f32 2048³ matmul: `jnp.dot` for seal_jax, `torch.mm` for torch, so a
-change of load from other processes shows up in the peak too). "useful" counts real tokens, "computed"
-counts the padded tokens the kernels process.
+before each contender's phase (median 2048³ matmul in `--dtype`: the model's `weight_dot` for seal_jax,
+`torch.mm` for torch, so a change of load from other processes shows up in the peak too). "useful" counts real
+tokens, "computed" counts the padded tokens the kernels process.
+
+`--dtype bfloat16` runs every contender with bf16 base weights, the reference's precision (`torch_dtype=bfloat16`,
+`bf16=True`): seal_jax multiplies bf16 operands with f32 accumulation and keeps f32 activations; torch runs its
+bf16 model (PEFT keeps the adapters in f32; the reference stack adds the Trainer's `bf16=True`).
 """
 
 from __future__ import annotations
@@ -46,8 +50,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._common import (
+    DTYPES,
     CompileWatch,
     KnowledgeItem,
+    add_dtype_arg,
     load_knowledge_items,
     matmul_peak_gflops,
     median,
@@ -375,6 +381,7 @@ def reference_stack(torch_model: Any, tokenizer: Any, job: AdaptJob, steps: int)
             remove_unused_columns=False,
             dataloader_num_workers=0,
             seed=job.seed,
+            bf16=next(torch_model.parameters()).dtype == torch.bfloat16,  # the reference's `bf16=True`
         )
         trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[timer])
         trainer.train()
@@ -503,6 +510,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="InnerConfig.saved_matmuls_gb (0: always recompute)",
     )
     p.add_argument("--skip-torch", action="store_true", help="seal_jax only (engine experiments)")
+    add_dtype_arg(p)
     p.add_argument(
         "--threads",
         type=int,
@@ -525,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     t_start = time.perf_counter()
     watch = CompileWatch.get()
     # No host copy of the weights is kept: the torch twin is built from the device copy.
-    model = load_model(MODEL)
+    model = load_model(MODEL, DTYPES[args.dtype])
     cfg, tok = model.config, model.tokenizer
     items, source = load_knowledge_items(1, args.passage)
     item = items[0]
@@ -540,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     inner = InnerConfig(**overrides)
     full = workload_of(jobs, tok, inner)
     print(
-        f"InnerConfig: remat={inner.remat}, saved_matmuls_gb={inner.saved_matmuls_gb}, "
+        f"dtype {args.dtype}; InnerConfig: remat={inner.remat}, saved_matmuls_gb={inner.saved_matmuls_gb}, "
         f"loss_chunk={inner.loss_chunk}, length_bucket={inner.length_bucket}, "
         f"step_bucket={inner.step_bucket}"
     )
@@ -551,8 +559,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         flush=True,
     )
 
-    peak0, _ = matmul_peak_gflops()
-    print(f"matmul peak (f32 2048³ jnp.dot, median of 5): {peak0:.0f} GFLOP/s", flush=True)
+    peak0, _ = matmul_peak_gflops(dtype=args.dtype)
+    print(f"matmul peak ({args.dtype} 2048³ weight_dot, median of 5): {peak0:.0f} GFLOP/s", flush=True)
     per_level = args.quick_steps if args.quick else None
     sampling = sampling_config(tok, max_new=MAX_NEW)
 
@@ -568,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
     # 2. One adapter at a time.
-    peak_seq, _ = matmul_peak_gflops()
+    peak_seq, _ = matmul_peak_gflops(dtype=args.dtype)
     seq_jobs = jobs[: args.sequential]
     run_1 = run_seal_jax(model, EngineConfig(inner, sampling, chunk_k=1), seq_jobs, per_level)
     print(
@@ -620,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         # 3. The reference stack, a few steps.
         ref_threads = threads()
-        peak_ref = torch_matmul_peak_gflops()
+        peak_ref = torch_matmul_peak_gflops(dtype=args.dtype)
         ref = reference_stack(torch_model, tok, jobs[0], args.ref_steps)
         ref_step = median(ref["step_s"])
         ref_steps_per_job = np.mean([full.steps(j) for j in range(k)])
@@ -643,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         # 4. The fair torch loop.
         fair_threads = threads()
-        peak_fair = torch_matmul_peak_gflops()
+        peak_fair = torch_matmul_peak_gflops(dtype=args.dtype)
         fair_runs = []
         fair_epochs = 1 if args.quick else full.epochs
         for j, job in enumerate(jobs[: args.fair_ses]):
@@ -680,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             peak=peak_fair,
         )
 
-    peak1, _ = matmul_peak_gflops()
+    peak1, _ = matmul_peak_gflops(dtype=args.dtype)
     report(args, inner, contenders, full, run_k, run_1, peak0, peak1, rss_k, watch, t_start, k)
 
 

@@ -14,7 +14,7 @@ def common() -> ml_collections.ConfigDict:
     cfg.seed = 0
     cfg.model = "smollm2-135m-instruct"
     cfg.writer_model = ""  # teacher-student: a separate self-edit writer ("" = the policy adapts itself)
-    cfg.dtype = "float32"  # f32 on CPU; bfloat16 base weights on TPU/GPU
+    cfg.dtype = "bfloat16"  # base weights; matmuls take bf16 operands with f32 accumulation, activations f32
     cfg.num_cpu_devices = 0  # >0: fake CPU devices (sharding tests)
     cfg.distributed = False  # multi-host: jax.distributed.initialize()
     cfg.compilation_cache_dir = ""

@@ -130,7 +130,8 @@ def test_round_journals_one_line_per_context_self_edit_seed(reference):
             assert 0.0 <= rec["reward"] <= 1.0 and rec["final_loss"] > 0 and rec["answers"]
 
 
-def test_round_checkpoint_restores_the_merged_policy_exactly(tiny, reference):
+def test_round_checkpoint_restores_the_merged_policy_exactly(reference):
+    tiny = common.load(reference["cfg"])  # the run's base weights, in the run's dtype
     ckpt = RoundCheckpoints(reference["workdir"])
     assert ckpt.latest_round() == 1
     _, meta = ckpt.restore(1)

@@ -7,6 +7,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from seal_jax.models.transformer import weight_dot
+
 Array = jax.Array
 
 
@@ -36,13 +38,13 @@ def chunked_nll_sum(hidden: Array, head: Array, targets: Array, mask: Array, chu
 
 def _nll_and_hidden_grad(h: Array, head: Array, y: Array, m: Array) -> tuple[Array, Array]:
     """(Σ m·NLL, its gradient w.r.t. h) for one chunk. h: [B, C, D], y, m: [B, C]."""
-    logits = (h @ head).astype(jnp.float32)
+    logits = weight_dot(h, head)
     lse = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
     nll = jnp.sum((lse - target_logit) * m)
     is_target = jnp.arange(logits.shape[-1]) == y[..., None]
     dlogits = (jnp.exp(logits - lse[..., None]) - is_target) * m[..., None]  # softmax - onehot
-    return nll, (dlogits.astype(h.dtype) @ head.T).astype(h.dtype)
+    return nll, weight_dot(dlogits, head.T).astype(h.dtype)
 
 
 @jax.custom_vjp

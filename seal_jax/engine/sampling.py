@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from seal_jax.models.transformer import KVCache, merge_model
+from seal_jax.models.transformer import KVCache, merge_model, weight_dot
 
 Array = jax.Array
 
@@ -75,12 +75,12 @@ def generate(
     slots = jnp.arange(p)[None, :]
     left_padded = jnp.take_along_axis(prompts, (slots - pad[:, None]) % p, axis=1)
     positions = jnp.maximum(slots - pad[:, None], -1)
-    cache = KVCache.zeros(model.config, b, p + cfg.max_new, model.embed[...].dtype)
+    cache = KVCache.zeros(model.config, b, p + cfg.max_new)  # f32, like the activations
     layers = model.layer_slices()  # sliced once: loop invariants of the decode loop
     hidden, cache = model(left_padded, positions, cache, write_at=0, layers=layers)
     head = model.head()
     key, sub = jax.random.split(key)
-    first = sample_token((hidden[:, -1] @ head).astype(jnp.float32), sub, cfg)
+    first = sample_token(weight_dot(hidden[:, -1], head), sub, cfg)
 
     def all_done(done: Array) -> Array:
         every = jnp.all(done)
@@ -99,7 +99,7 @@ def generate(
         pos = (prompt_lens + step)[:, None]
         hidden, cache = model(token[:, None], pos, cache, write_at=p + step, layers=layers)
         key, sub = jax.random.split(key)
-        token = sample_token((hidden[:, 0] @ head).astype(jnp.float32), sub, cfg)
+        token = sample_token(weight_dot(hidden[:, 0], head), sub, cfg)
         return step + 1, cache, token, done, out, key
 
     out = jnp.full((b, cfg.max_new), cfg.pad_id, jnp.int32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -36,7 +37,7 @@ def load_model(name_or_path: str, dtype: Any = jnp.float32) -> LoadedModel:
     `tiny-random-*` test model."""
     if name_or_path.startswith("tiny-random-"):
         cfg, base, tokenizer = tiny_model(name_or_path)
-        return LoadedModel(cfg, base, tokenizer, name_or_path)
+        return LoadedModel(cfg, jax.tree.map(lambda x: x.astype(dtype), base), tokenizer, name_or_path)
     pretrained = load_pretrained(name_or_path, dtype=dtype)
     model = Transformer.from_params(pretrained.config, pretrained.params)
     _, base = nnx.split(model, nnx.Param)
