@@ -262,3 +262,17 @@ def numpy_reference_logits(
     tied = cfg.tie_word_embeddings or "lm_head.weight" not in w
     head = w["model.embed_tokens.weight"] if tied else w["lm_head.weight"]
     return (x @ head.T).astype(np.float32)
+
+
+def dot_equations(jaxpr: Any) -> list[Any]:
+    """The dot_general equations of a jaxpr and of all its sub-jaxprs (scan bodies, remat, custom_vjp, cond)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += dot_equations(inner)
+    return found

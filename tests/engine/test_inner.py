@@ -23,6 +23,7 @@ from seal_jax.engine.inner import (
     schedule_steps,
 )
 from seal_jax.models.lora import LoraConfig
+from seal_jax.models.testing import dot_equations
 from seal_jax.models.transformer import forward, init_lora_k
 
 LORA = LoraConfig(rank=4, alpha=8, targets=("q", "v", "down"))
@@ -289,19 +290,6 @@ def test_remat_policy_follows_the_saved_matmul_budget(tiny):
         InnerConfig(saved_matmuls_gb=-1.0)
 
 
-def _dot_count(jaxpr) -> int:
-    """dot_general equations in a jaxpr and all its sub-jaxprs (scan bodies, remat, custom_vjp)."""
-    count = 0
-    for eqn in jaxpr.eqns:
-        count += eqn.primitive.name == "dot_general"
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, tuple | list) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    count += _dot_count(inner)
-    return count
-
-
 def test_save_matmuls_recomputes_only_the_attention_dots(tiny):
     tokens = jnp.zeros((1, 16), jnp.int32)
     lora0 = jax.tree.map(lambda x: x[0], init_lora_k(tiny.config, LORA, jax.random.key(0)[None]))
@@ -309,7 +297,7 @@ def test_save_matmuls_recomputes_only_the_attention_dots(tiny):
 
     def dots(remat):
         loss = lambda lora: mean_token_loss(lora, tiny.base, graphdef, tokens, tokens * 1.0, remat, 8)
-        return _dot_count(jax.make_jaxpr(jax.grad(loss))(lora0).jaxpr)
+        return len(dot_equations(jax.make_jaxpr(jax.grad(loss))(lora0).jaxpr))
 
     none, save, full = dots(None), dots("save_matmuls"), dots("full")
     assert save == none + 1  # only the attention scores are recomputed; every weight and LoRA matmul is kept

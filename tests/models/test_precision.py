@@ -13,6 +13,7 @@ from seal_jax.engine.inner import mean_token_loss
 from seal_jax.engine.sampling import SamplingConfig, generate_jit
 from seal_jax.models.bundle import load_model
 from seal_jax.models.lora import LoraConfig
+from seal_jax.models.testing import dot_equations
 from seal_jax.models.transformer import init_lora, merge_model
 
 LORA = LoraConfig(rank=4, alpha=8, targets=("q", "v", "down"))
@@ -45,20 +46,6 @@ def _loss_fn(model):
     )
 
 
-def _dot_operand_dtypes(jaxpr) -> list[tuple]:
-    """(lhs dtype, rhs dtype) of every dot_general, sub-jaxprs (scan, remat, custom_vjp, cond) included."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            found.append(tuple(v.aval.dtype for v in eqn.invars))
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, tuple | list) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    found += _dot_operand_dtypes(inner)
-    return found
-
-
 def test_bf16_weights_keep_f32_activations_and_match_f32(tiny, tiny_bf16):
     lora = _lora(tiny)
     f32_loss, f32_grads = jax.value_and_grad(_loss_fn(tiny))(lora)
@@ -76,7 +63,7 @@ def test_bf16_backward_matmuls_never_cast_weights_up(tiny_bf16):
     """Every matmul that touches a bf16 operand, in the forward and the backward, has only bf16 operands
     (else XLA converts the weights to f32 at every step and runs the f32 kernel)."""
     jaxpr = jax.make_jaxpr(jax.grad(_loss_fn(tiny_bf16)))(_lora(tiny_bf16)).jaxpr
-    dots = _dot_operand_dtypes(jaxpr)
+    dots = [tuple(v.aval.dtype for v in eqn.invars) for eqn in dot_equations(jaxpr)]
     bf16 = [d for d in dots if jnp.bfloat16 in d]
     assert len(bf16) >= 2 * 7  # forward and backward of the 7 weight matmuls (the scanned layer body)
     assert all(d == (jnp.bfloat16, jnp.bfloat16) for d in bf16), set(bf16)
