@@ -75,7 +75,7 @@ def generate(
     slots = jnp.arange(p)[None, :]
     left_padded = jnp.take_along_axis(prompts, (slots - pad[:, None]) % p, axis=1)
     positions = jnp.maximum(slots - pad[:, None], -1)
-    cache = KVCache.zeros(model.config, b, p + cfg.max_new)  # f32, like the activations
+    cache = KVCache.zeros(model.config, b, p + cfg.max_new)
     layers = model.layer_slices()  # sliced once: loop invariants of the decode loop
     hidden, cache = model(left_padded, positions, cache, write_at=0, layers=layers)
     head = model.head()

@@ -41,8 +41,9 @@ LayerSlices = tuple[tuple[dict[str, Array], dict[str, tuple[Array, Array]]], ...
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    """Keys and values as one [B, S, Hkv, hd] array per layer (a decode step updates each in place) and
-    `positions` int32 [B, S]: the position id of each slot's token, -1 for an empty slot or a padding token.
+    """Keys and values as one f32 [B, S, Hkv, hd] array per layer, like the activations (a decode step updates
+    each in place), and `positions` int32 [B, S]: the position id of each slot's token, -1 for an empty slot or a
+    padding token.
 
     Every row writes the same slots (`write_at`), so a batch of prompts is stored left-padded."""
 
@@ -51,12 +52,12 @@ class KVCache:
     positions: Array
 
     @classmethod
-    def zeros(cls, cfg: ModelConfig, batch: int, length: int, dtype: Any = jnp.float32) -> KVCache:
+    def zeros(cls, cfg: ModelConfig, batch: int, length: int) -> KVCache:
         shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
         layers = range(cfg.num_layers)
         return cls(
-            tuple(jnp.zeros(shape, dtype) for _ in layers),
-            tuple(jnp.zeros(shape, dtype) for _ in layers),
+            tuple(jnp.zeros(shape, jnp.float32) for _ in layers),
+            tuple(jnp.zeros(shape, jnp.float32) for _ in layers),
             jnp.full((batch, length), -1, jnp.int32),
         )
 
@@ -192,8 +193,8 @@ def _decoder_layer(
     else:
         k_cache, v_cache, k_pos, write_at = cache
         at = (0, write_at, 0, 0)
-        k_all = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), at)
-        v_all = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), at)
+        k_all = jax.lax.dynamic_update_slice(k_cache, k, at)
+        v_all = jax.lax.dynamic_update_slice(v_cache, v, at)
         new_cache = (k_all, v_all)
     attn = _attention(q, k_all, v_all, positions, k_pos)
     x = x + _project(attn, w, lora, "o", scale)
