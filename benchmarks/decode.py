@@ -6,8 +6,8 @@ while_loop) against HF `generate` (PyTorch, the same SmolLM2-135M weights, use_c
 
 Both sides decode exactly `--new` tokens per row (EOS disabled, so the work is equal), from the knowledge
 domain's closed-book QA prompts. tokens/s = total batch × new tokens / wall time of the whole call (prefill
-included), median of `--repeats` timed calls after a warm-up (AOT compile for JAX, a short generate for torch);
-the contenders' calls alternate, so load from other processes falls on both alike.
+included), median of `--repeats` timed calls after a warm-up (AOT compile and one untimed call for JAX, a
+short generate for torch); the contenders' calls alternate, so load from other processes falls on both alike.
 The torch side runs the base model without LoRA, which can only favour it; `--peft` adds HF generate through
 PEFT with K adapters in one mixed batch (`adapter_names`), the like-for-like setting. `--dtype bfloat16` gives
 both sides bf16 weights (seal_jax: bf16 operands, f32 accumulation and activations; torch: its bf16 model).
@@ -65,7 +65,7 @@ def split_batch(total: int, adapters: int | None) -> tuple[int, int]:
 def jax_decoder(
     cfg: Any, base: Any, prompts: list[list[int]], k: int, new: int, prompt_bucket: int
 ) -> tuple[Any, dict[str, Any]]:
-    """`generate_k` for K adapters × B prompts (random nonzero LoRAs, r32 q,v), AOT-compiled.
+    """`generate_k` for K adapters × B prompts (random nonzero LoRAs, r32 q,v), AOT-compiled and warmed up.
 
     Returns a function that decodes once and returns its seconds, and the compile facts."""
     lora_cfg = LoraConfig()
@@ -97,6 +97,7 @@ def jax_decoder(
             raise RuntimeError("a row stopped early: the comparison needs equal work")
         return dt
 
+    run()  # warm-up, as torch's: a program's first run in a process pays one-time costs
     return run, {"compiles": c1 - c0, "compile_s": s1 - s0, "prompt_width": toks.shape[1]}
 
 

@@ -102,8 +102,14 @@ def weight_dot(x: Array, w: Array) -> Array:
     with avx512_bf16), while the activations between matmuls stay f32. The backward matmuls run the same way:
     the output's cotangent is rounded to w's dtype (as under torch autocast), else JAX would cast w up to f32.
     """
-    y = jnp.dot(x.astype(w.dtype), w, preferred_element_type=jnp.float32)
-    return y if w.dtype == jnp.float32 else _round_cotangent(y, w.dtype)
+    return matmul_einsum("...i,io->...o", x, w, w.dtype)
+
+
+def matmul_einsum(spec: str, a: Array, b: Array, dtype: Any) -> Array:
+    """`einsum(spec, a, b)` on operands cast to `dtype`, accumulated and returned in f32; for a non-f32 `dtype`
+    the backward matmuls run in `dtype` too (the output's cotangent is rounded, as under torch autocast)."""
+    y = jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+    return y if dtype == jnp.float32 else _round_cotangent(y, dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -134,21 +140,24 @@ def _project(
     return y
 
 
-def _attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array) -> Array:
-    """Causal GQA attention. q: [B,T,Hq,hd], k/v: [B,S,Hkv,hd], q_pos [B,T], k_pos [B,S] -> [B,T,Hq*hd].
+def _attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, dtype: Any) -> Array:
+    """Causal GQA attention. q: [B,T,Hq,hd], k/v: [B,S,Hkv,hd], q_pos [B,T], k_pos [B,S] -> f32 [B,T,Hq*hd].
 
-    A key is visible to a query when 0 <= k_pos <= q_pos (negative positions mark padding and empty slots)."""
+    A key is visible to a query when 0 <= k_pos <= q_pos (negative positions mark padding and empty slots).
+    With T > 1 the two matmuls take `dtype` operands (the weights' dtype: bf16 halves the bytes of their layout
+    copies, ≈ 8% of a bf16 training step) and accumulate in f32; the softmax is f32. One query (decoding) reads
+    the f32 cache as it is."""
     b, t, hq, hd = q.shape
     hkv = k.shape[2]
     q = q.reshape(b, t, hkv, hq // hkv, hd)
     if t == 1:
         return _decode_attention(q[:, 0], k, v, q_pos, k_pos).reshape(b, 1, hq * hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / math.sqrt(hd)
+    scores = matmul_einsum("btkgd,bskd->bkgts", q, k, dtype) / math.sqrt(hd)
     k_pos = k_pos[:, None, None, None, :]
     mask = (k_pos >= 0) & (k_pos <= q_pos[:, None, None, :, None])
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = matmul_einsum("bkgts,bskd->btkgd", probs, v, dtype)
     return out.reshape(b, t, hq * hd)
 
 
@@ -196,7 +205,7 @@ def _decoder_layer(
         k_all = jax.lax.dynamic_update_slice(k_cache, k, at)
         v_all = jax.lax.dynamic_update_slice(v_cache, v, at)
         new_cache = (k_all, v_all)
-    attn = _attention(q, k_all, v_all, positions, k_pos)
+    attn = _attention(q, k_all, v_all, positions, k_pos, w["wq"].dtype)
     x = x + _project(attn, w, lora, "o", scale)
     h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
     gated = jax.nn.silu(_project(h, w, lora, "gate", scale)) * _project(h, w, lora, "up", scale)

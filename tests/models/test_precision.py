@@ -69,6 +69,15 @@ def test_bf16_backward_matmuls_never_cast_weights_up(tiny_bf16):
     assert all(d == (jnp.bfloat16, jnp.bfloat16) for d in bf16), set(bf16)
 
 
+def test_bf16_attention_matmuls_run_in_bf16(tiny_bf16):
+    """The training attention's matmuls (the dots with batch dimensions: scores and values, forward and
+    backward) take bf16 operands like the weight matmuls."""
+    jaxpr = jax.make_jaxpr(jax.grad(_loss_fn(tiny_bf16)))(_lora(tiny_bf16)).jaxpr
+    batched = [eqn for eqn in dot_equations(jaxpr) if eqn.params["dimension_numbers"][1][0]]
+    assert len(batched) >= 2 + 4  # scores and values; their backward: dq, dk, dprobs, dv
+    assert all(tuple(v.aval.dtype for v in eqn.invars) == (jnp.bfloat16,) * 2 for eqn in batched)
+
+
 def test_bf16_cached_decoding_equals_full_forward(tiny_bf16):
     model = tiny_bf16
     prompt = TOKENS[:, :4]
