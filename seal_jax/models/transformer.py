@@ -129,6 +129,17 @@ def _round_cotangent_bwd(dtype: Any, _: None, g: Array) -> tuple[Array]:
 _round_cotangent.defvjp(_round_cotangent_fwd, _round_cotangent_bwd)
 
 
+def _as_bits(w: Array) -> Array:
+    """A bf16 array as its uint16 bits, other dtypes as they are. The layer scan slices its weights as bits:
+    XLA:CPU runs a bf16 dynamic-slice in f32, and so converted every stacked bf16 weight to f32 and back at every
+    step (a K=1 × 48-token step: 0.90 → 0.79 s; K=9: 4.62 → 4.46 s per 4 steps)."""
+    return jax.lax.bitcast_convert_type(w, jnp.uint16) if w.dtype == jnp.bfloat16 else w
+
+
+def _from_bits(w: Array, dtype: Any) -> Array:
+    return jax.lax.bitcast_convert_type(w, dtype) if w.dtype != dtype else w
+
+
 def _project(
     x: Array, weights: dict[str, Array], lora: dict[str, tuple[Array, Array]], target: str, scale: float
 ) -> Array:
@@ -300,11 +311,14 @@ class Transformer(nnx.Module):
 
             def body(x: Array, layer: tuple) -> tuple[Array, None]:
                 w, lw = layer
+                w = jax.tree.map(_from_bits, w, dtypes)
                 return _decoder_layer(cfg, scale, x, w, lw, cos, sin, positions, None)[0], None
 
             if remat is not None:
                 body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
-            x, _ = jax.lax.scan(body, x, self._stacked_layers())
+            weights, lora_weights = self._stacked_layers()
+            dtypes = jax.tree.map(lambda a: a.dtype, weights)
+            x, _ = jax.lax.scan(body, x, (jax.tree.map(_as_bits, weights), lora_weights))
             return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), None
 
         slot_positions = jax.lax.dynamic_update_slice(

@@ -78,6 +78,16 @@ def test_bf16_attention_matmuls_run_in_bf16(tiny_bf16):
     assert all(tuple(v.aval.dtype for v in eqn.invars) == (jnp.bfloat16,) * 2 for eqn in batched)
 
 
+def test_bf16_training_step_keeps_no_f32_copy_of_the_weights(tiny_bf16):
+    """The compiled gradient holds no f32 array of a stacked weight's shape (XLA:CPU upcast the layer scan's
+    bf16 weight slices, converting every weight to f32 and back at every step, until the scan sliced bits)."""
+    hlo = jax.jit(jax.grad(_loss_fn(tiny_bf16))).lower(_lora(tiny_bf16)).compile().as_text()
+    stacked = {w.shape for w in jax.tree.leaves(tiny_bf16.base["layers"]) if w.ndim == 3}
+    assert stacked
+    for shape in stacked:
+        assert f"f32[{','.join(map(str, shape))}]" not in hlo
+
+
 def test_bf16_cached_decoding_equals_full_forward(tiny_bf16):
     model = tiny_bf16
     prompt = TOKENS[:, :4]
