@@ -99,15 +99,15 @@ def weight_dot(x: Array, w: Array) -> Array:
     """x [..., in] @ w [in, out] -> f32 [..., out], with the operands in w's dtype.
 
     bf16 weights take the bf16-in / f32-accumulate path (the MXU's native mode; 2× the f32 matmul rate on a CPU
-    with avx512_bf16), while the activations between matmuls stay f32. The backward matmuls run the same way:
-    the output's cotangent is rounded to w's dtype (as under torch autocast), else JAX would cast w up to f32.
+    with avx512_bf16), forward and backward (`matmul_einsum`), while the activations between matmuls stay f32.
     """
     return matmul_einsum("...i,io->...o", x, w, w.dtype)
 
 
 def matmul_einsum(spec: str, a: Array, b: Array, dtype: Any) -> Array:
     """`einsum(spec, a, b)` on operands cast to `dtype`, accumulated and returned in f32; for a non-f32 `dtype`
-    the backward matmuls run in `dtype` too (the output's cotangent is rounded, as under torch autocast)."""
+    the backward matmuls run in `dtype` too: the output's cotangent is rounded (as under torch autocast), else
+    JAX's transpose would meet an f32 cotangent and XLA would cast the operands up to f32."""
     y = jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
     return y if dtype == jnp.float32 else _round_cotangent(y, dtype)
 
@@ -136,8 +136,9 @@ def _as_bits(w: Array) -> Array:
     return jax.lax.bitcast_convert_type(w, jnp.uint16) if w.dtype == jnp.bfloat16 else w
 
 
-def _from_bits(w: Array, dtype: Any) -> Array:
-    return jax.lax.bitcast_convert_type(w, dtype) if w.dtype != dtype else w
+def _from_bits(w: Array) -> Array:
+    """The inverse of `_as_bits` (the weights are floats, so uint16 can only be bf16 bits)."""
+    return jax.lax.bitcast_convert_type(w, jnp.bfloat16) if w.dtype == jnp.uint16 else w
 
 
 def _project(
@@ -178,8 +179,8 @@ def _decode_attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array) 
     q: [B,Hkv,G,hd] -> [B,Hkv,G,hd]."""
     scores = jnp.sum(q[:, None] * k[:, :, :, None, :], axis=-1) / math.sqrt(q.shape[-1])  # [B, S, Hkv, G]
     mask = (k_pos >= 0) & (k_pos <= q_pos)  # [B, S]
-    scores = jnp.where(mask[:, :, None, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=1).astype(v.dtype)
+    scores = jnp.where(mask[:, :, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=1)
     return jnp.sum(probs[..., None] * v[:, :, :, None, :], axis=1)
 
 
@@ -311,13 +312,12 @@ class Transformer(nnx.Module):
 
             def body(x: Array, layer: tuple) -> tuple[Array, None]:
                 w, lw = layer
-                w = jax.tree.map(_from_bits, w, dtypes)
+                w = jax.tree.map(_from_bits, w)
                 return _decoder_layer(cfg, scale, x, w, lw, cos, sin, positions, None)[0], None
 
             if remat is not None:
                 body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
             weights, lora_weights = self._stacked_layers()
-            dtypes = jax.tree.map(lambda a: a.dtype, weights)
             x, _ = jax.lax.scan(body, x, (jax.tree.map(_as_bits, weights), lora_weights))
             return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), None
 

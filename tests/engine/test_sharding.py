@@ -41,32 +41,28 @@ SCRIPT = textwrap.dedent("""
     hp = AdapterHparams(jnp.asarray([3e-2, 1e-2, 5e-2, 2e-2], jnp.float32), jnp.asarray(layout.steps),
                         jnp.zeros(4, jnp.int32))
     keys = jnp.stack([jax.random.key(s) for s in range(4)])
-    ref_lora, ref_stats = inner.adapt_k(init_lora_k(model.config, lora_cfg, keys), model.base, batches, schedule, hp,
-                                        graphdef=graphdef, cfg=cfg)
-
     mesh = sharding.make_mesh(sharding.MeshConfig(data=4, fsdp=2), jax.devices())
-    base = sharding.place_base(mesh, model.base)
+
+    def sharded_vs_one_device(weights):  # -> 1-device LoRAs, placed base, sharded LoRAs, their differences
+        ref, ref_stats = inner.adapt_k(init_lora_k(model.config, lora_cfg, keys), weights, batches, schedule, hp,
+                                       graphdef=graphdef, cfg=cfg)
+        placed = sharding.place_base(mesh, weights)
+        lora, stats = sharding.sharded_adapt_k(mesh, graphdef, cfg, placed)(
+            init_lora_k(model.config, lora_cfg, keys), placed, batches, schedule, hp)
+        diffs = {"adapt_max_diff": max(float(jnp.abs(a - b).max())
+                                       for a, b in zip(jax.tree.leaves(lora), jax.tree.leaves(ref))),
+                 "loss_max_diff": float(jnp.abs(stats.losses - ref_stats.losses).max()),
+                 "trained": float(jnp.abs(jax.tree.leaves(ref)[1]).max())}  # some B moved off zero
+        return ref, placed, lora, diffs
+
+    ref_lora, base, lora, diffs = sharded_vs_one_device(model.base)
+    out.update(diffs)
     out["wq_spec"] = str(base["layers"]["wq"][...].sharding.spec)
-    adapt = sharding.sharded_adapt_k(mesh, graphdef, cfg, base)
-    lora, stats = adapt(init_lora_k(model.config, lora_cfg, keys), base, batches, schedule, hp)
     out["lora_spec"] = str(jax.tree.leaves(lora)[0].sharding.spec)
     out["lora_devices"] = len(jax.tree.leaves(lora)[0].sharding.device_set)
-    out["adapt_max_diff"] = max(float(jnp.abs(a - b).max())
-                                for a, b in zip(jax.tree.leaves(lora), jax.tree.leaves(ref_lora)))
-    out["loss_max_diff"] = float(jnp.abs(stats.losses - ref_stats.losses).max())
-    out["trained"] = float(jnp.abs(jax.tree.leaves(ref_lora)[1]).max())  # some B moved off zero
-
     # The default dtype: bf16 base weights (bf16 matmuls, weights sliced as bits in the layer scan), sharded.
-    base16 = jax.tree.map(lambda w: w.astype(jnp.bfloat16), model.base)
-    ref16, ref16_stats = inner.adapt_k(init_lora_k(model.config, lora_cfg, keys), base16, batches, schedule, hp,
-                                       graphdef=graphdef, cfg=cfg)
-    placed16 = sharding.place_base(mesh, base16)
-    lora16, stats16 = sharding.sharded_adapt_k(mesh, graphdef, cfg, placed16)(
-        init_lora_k(model.config, lora_cfg, keys), placed16, batches, schedule, hp)
-    out["bf16_adapt_max_diff"] = max(float(jnp.abs(a - b).max())
-                                     for a, b in zip(jax.tree.leaves(lora16), jax.tree.leaves(ref16)))
-    out["bf16_loss_max_diff"] = float(jnp.abs(stats16.losses - ref16_stats.losses).max())
-    out["bf16_trained"] = float(jnp.abs(jax.tree.leaves(ref16)[1]).max())
+    *_, diffs16 = sharded_vs_one_device(jax.tree.map(lambda w: w.astype(jnp.bfloat16), model.base))
+    out.update({"bf16_" + name: value for name, value in diffs16.items()})
 
     scfg = SamplingConfig(max_new=6, prompt_bucket=16)
     padded = [pad_prompts([rng.integers(0, 256, n).tolist() for n in (3, 8)], scfg) for _ in range(4)]

@@ -46,6 +46,11 @@ def _loss_fn(model):
     )
 
 
+def _gradient_dots(model):
+    """The dot_general equations of the LoRA gradient's jaxpr (forward, remat and backward)."""
+    return dot_equations(jax.make_jaxpr(jax.grad(_loss_fn(model)))(_lora(model)).jaxpr)
+
+
 def test_bf16_weights_keep_f32_activations_and_match_f32(tiny, tiny_bf16):
     lora = _lora(tiny)
     f32_loss, f32_grads = jax.value_and_grad(_loss_fn(tiny))(lora)
@@ -62,8 +67,7 @@ def test_bf16_weights_keep_f32_activations_and_match_f32(tiny, tiny_bf16):
 def test_bf16_backward_matmuls_never_cast_weights_up(tiny_bf16):
     """Every matmul that touches a bf16 operand, in the forward and the backward, has only bf16 operands
     (else XLA converts the weights to f32 at every step and runs the f32 kernel)."""
-    jaxpr = jax.make_jaxpr(jax.grad(_loss_fn(tiny_bf16)))(_lora(tiny_bf16)).jaxpr
-    dots = [tuple(v.aval.dtype for v in eqn.invars) for eqn in dot_equations(jaxpr)]
+    dots = [tuple(v.aval.dtype for v in eqn.invars) for eqn in _gradient_dots(tiny_bf16)]
     bf16 = [d for d in dots if jnp.bfloat16 in d]
     assert len(bf16) >= 2 * 7  # forward and backward of the 7 weight matmuls (the scanned layer body)
     assert all(d == (jnp.bfloat16, jnp.bfloat16) for d in bf16), set(bf16)
@@ -72,8 +76,7 @@ def test_bf16_backward_matmuls_never_cast_weights_up(tiny_bf16):
 def test_bf16_attention_matmuls_run_in_bf16(tiny_bf16):
     """The training attention's matmuls (the dots with batch dimensions: scores and values, forward and
     backward) take bf16 operands like the weight matmuls."""
-    jaxpr = jax.make_jaxpr(jax.grad(_loss_fn(tiny_bf16)))(_lora(tiny_bf16)).jaxpr
-    batched = [eqn for eqn in dot_equations(jaxpr) if eqn.params["dimension_numbers"][1][0]]
+    batched = [eqn for eqn in _gradient_dots(tiny_bf16) if eqn.params["dimension_numbers"][1][0]]
     assert len(batched) >= 2 + 4  # scores and values; their backward: dq, dk, dprobs, dv
     assert all(tuple(v.aval.dtype for v in eqn.invars) == (jnp.bfloat16,) * 2 for eqn in batched)
 
