@@ -41,9 +41,14 @@ LayerSlices = tuple[tuple[dict[str, Array], dict[str, tuple[Array, Array]]], ...
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    """Keys and values as one f32 [B, S, Hkv, hd] array per layer, like the activations (a decode step updates
-    each in place), and `positions` int32 [B, S]: the position id of each slot's token, -1 for an empty slot or a
+    """Per layer, keys as one f32 [B*Hkv, hd, S] array and values as one f32 [B*Hkv, S, hd] (f32 like the
+    activations), and `positions` int32 [B, S]: the position id of each slot's token, -1 for an empty slot or a
     padding token.
+
+    Row b*Hkv + h holds head h of batch row b. In these layouts one-query attention is two plain batched
+    matmuls over the cache as stored (keys stored [S, hd] made the score dot 4× slower); merging B into the rows
+    keeps a size-1 B from becoming a reshape between the in-place write and that read (with one, XLA copied
+    every layer's cache at every decode step).
 
     Every row writes the same slots (`write_at`), so a batch of prompts is stored left-padded."""
 
@@ -53,11 +58,11 @@ class KVCache:
 
     @classmethod
     def zeros(cls, cfg: ModelConfig, batch: int, length: int) -> KVCache:
-        shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+        rows = batch * cfg.num_kv_heads
         layers = range(cfg.num_layers)
         return cls(
-            tuple(jnp.zeros(shape, jnp.float32) for _ in layers),
-            tuple(jnp.zeros(shape, jnp.float32) for _ in layers),
+            tuple(jnp.zeros((rows, cfg.head_dim, length), jnp.float32) for _ in layers),
+            tuple(jnp.zeros((rows, length, cfg.head_dim), jnp.float32) for _ in layers),
             jnp.full((batch, length), -1, jnp.int32),
         )
 
@@ -156,14 +161,11 @@ def _attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, dtype: 
     """Causal GQA attention. q: [B,T,Hq,hd], k/v: [B,S,Hkv,hd], q_pos [B,T], k_pos [B,S] -> f32 [B,T,Hq*hd].
 
     A key is visible to a query when 0 <= k_pos <= q_pos (negative positions mark padding and empty slots).
-    With T > 1 the two matmuls take `dtype` operands (the weights' dtype: bf16 halves the bytes of their layout
-    copies, ≈ 8% of a bf16 training step) and accumulate in f32; the softmax is f32. One query (decoding) reads
-    the f32 cache as it is."""
+    The two matmuls take `dtype` operands (in training, the weights' dtype: bf16 halves the bytes of their layout
+    copies, ≈ 8% of a bf16 training step) and accumulate in f32; the softmax is f32."""
     b, t, hq, hd = q.shape
     hkv = k.shape[2]
     q = q.reshape(b, t, hkv, hq // hkv, hd)
-    if t == 1:
-        return _decode_attention(q[:, 0], k, v, q_pos, k_pos).reshape(b, 1, hq * hd)
     scores = matmul_einsum("btkgd,bskd->bkgts", q, k, dtype) / math.sqrt(hd)
     k_pos = k_pos[:, None, None, None, :]
     mask = (k_pos >= 0) & (k_pos <= q_pos[:, None, None, :, None])
@@ -174,14 +176,17 @@ def _attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, dtype: 
 
 
 def _decode_attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array) -> Array:
-    """One query per row, as multiply-reduce over the cache in its stored [B,S,Hkv,hd] layout: a dot_general
-    would first copy the whole cache to [B,Hkv,S,hd] at every step (22% of a bf16 decode call's kernel time).
-    q: [B,Hkv,G,hd] -> [B,Hkv,G,hd]."""
-    scores = jnp.sum(q[:, None] * k[:, :, :, None, :], axis=-1) / math.sqrt(q.shape[-1])  # [B, S, Hkv, G]
-    mask = (k_pos >= 0) & (k_pos <= q_pos)  # [B, S]
-    scores = jnp.where(mask[:, :, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=1)
-    return jnp.sum(probs[..., None] * v[:, :, :, None, :], axis=1)
+    """One query per row, in f32, as batched dots over the cache in its stored layout.
+
+    q: [B,1,Hq,hd]; k: [B*Hkv,hd,S]; v: [B*Hkv,S,hd] (see `KVCache`); q_pos [B,1]; k_pos [B,S] -> [B,1,Hq*hd]."""
+    b, _, hq, hd = q.shape
+    rows = k.shape[0]
+    q = q.reshape(rows, hq * b // rows, hd)  # query heads grouped under their key/value head
+    scores = jnp.einsum("ngd,nds->ngs", q, k) / math.sqrt(hd)
+    visible = jnp.repeat((k_pos >= 0) & (k_pos <= q_pos), rows // b, axis=0)  # [B*Hkv, S]
+    scores = jnp.where(visible[:, None, :], scores, jnp.finfo(jnp.float32).min)
+    out = jnp.einsum("ngs,nsd->ngd", jax.nn.softmax(scores, axis=-1), v)
+    return out.reshape(b, 1, hq * hd)
 
 
 def _decoder_layer(
@@ -195,7 +200,7 @@ def _decoder_layer(
     positions: Array,
     cache: tuple[Array, Array, Array, Array] | None,
 ) -> tuple[Array, tuple[Array, Array] | None]:
-    """One pre-norm decoder block. x: [B, T, D]; cache: None, or this layer's (k, v) [B, S, Hkv, hd], the
+    """One pre-norm decoder block. x: [B, T, D]; cache: None, or this layer's (k, v) (see `KVCache`), the
     slots' positions [B, S] (already holding `positions`) and the first slot to write, a shared scalar: the new
     keys/values go to slots [write_at, write_at + T) in place, and the updated (k, v) are returned."""
     b, t, _ = x.shape
@@ -208,20 +213,35 @@ def _decoder_layer(
     q = apply_rope(q.reshape(b, t, cfg.num_heads, cfg.head_dim), cos, sin)
     k = apply_rope(k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim), cos, sin)
     v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-    new_cache = None
     if cache is None:
-        k_all, v_all, k_pos = k, v, positions
+        attn, new_cache = _attention(q, k, v, positions, positions, w["wq"].dtype), None
     else:
-        k_cache, v_cache, k_pos, write_at = cache
-        at = (0, write_at, 0, 0)
-        k_all = jax.lax.dynamic_update_slice(k_cache, k, at)
-        v_all = jax.lax.dynamic_update_slice(v_cache, v, at)
-        new_cache = (k_all, v_all)
-    attn = _attention(q, k_all, v_all, positions, k_pos, w["wq"].dtype)
+        attn, new_cache = _cached_attention(q, k, v, positions, cache)
     x = x + _project(attn, w, lora, "o", scale)
     h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
     gated = jax.nn.silu(_project(h, w, lora, "gate", scale)) * _project(h, w, lora, "up", scale)
     return x + _project(gated, w, lora, "down", scale), new_cache
+
+
+def _cached_attention(
+    q: Array, k: Array, v: Array, positions: Array, cache: tuple[Array, Array, Array, Array]
+) -> tuple[Array, tuple[Array, Array]]:
+    """Writes k/v [B,T,Hkv,hd] to slots [write_at, write_at + T) of the layer's cache (k, v as in `KVCache`, the
+    slots' positions [B,S], write_at) in place, then attends over it in the cache's f32 (bf16 operands here
+    would reach a dot kernel XLA:CPU lacks for them). -> (f32 [B,T,Hq*hd], the updated (k, v))."""
+    k_cache, v_cache, k_pos, write_at = cache
+    b, t, hkv, hd = k.shape
+    k_all = jax.lax.dynamic_update_slice(
+        k_cache, k.transpose(0, 2, 3, 1).reshape(-1, hd, t), (0, 0, write_at)
+    )
+    v_all = jax.lax.dynamic_update_slice(
+        v_cache, v.transpose(0, 2, 1, 3).reshape(-1, t, hd), (0, write_at, 0)
+    )
+    if t == 1:
+        return _decode_attention(q, k_all, v_all, positions, k_pos), (k_all, v_all)
+    k_seq = k_all.reshape(b, hkv, hd, -1).transpose(0, 3, 1, 2)  # back to [B, S, Hkv, hd] for a prompt
+    v_seq = v_all.reshape(b, hkv, -1, hd).transpose(0, 2, 1, 3)
+    return _attention(q, k_seq, v_seq, positions, k_pos, k_all.dtype), (k_all, v_all)
 
 
 class LoraPair(nnx.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.extend.core
@@ -20,7 +21,7 @@ from seal_jax.engine.sampling import (
     sample_token,
 )
 from seal_jax.models.lora import LoraConfig
-from seal_jax.models.transformer import init_lora_k, merge_model
+from seal_jax.models.transformer import KVCache, init_lora_k, merge_model
 
 LORA = LoraConfig(rank=4, alpha=8.0, targets=("q", "v", "down"))
 # Right-padded prompts of different lengths in one batch.
@@ -227,6 +228,37 @@ def test_decode_loop_reads_no_weight_stack_and_has_a_scalar_predicate(tiny):
     for e in body_eqns:
         shapes = [tuple(v.aval.shape) for v in e.invars if hasattr(v, "aval")]
         assert not stacked & set(shapes), f"a stacked [L, ...] weight is read inside the loop: {e.primitive}"
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_decode_loop_writes_the_kv_cache_in_place(tiny, rows):
+    """No layer's cache is copied inside the compiled decode loop: each step writes one slot in place and its
+    attention reads the cache as stored. (With one row per adapter, a cache laid out [B, Hkv, S, hd] was
+    reshaped between the write and the read, and XLA copied every cache array at every token.)"""
+    k, p = 2, 16
+    loras = random_loras(tiny, k)
+    args = (
+        tiny.base,
+        loras,
+        jnp.ones((k, rows, p), jnp.int32),
+        jnp.full((k, rows), 3, jnp.int32),
+        jnp.stack([jax.random.key(i) for i in range(k)]),
+    )
+    hlo = generate_k.lower(*args, graphdef=tiny.graphdef(LORA), cfg=GREEDY).compile().as_text()
+    cache = KVCache.zeros(tiny.config, rows, p + GREEDY.max_new)
+    cache_dims = {",".join(map(str, (k, *x.shape))) for x in (cache.k[0], cache.v[0])}
+    bodies = set(re.findall(r"\bbody=%?([\w.\-]+)", hlo))
+    assert bodies, "no while loop in the decode program"
+    computations = re.split(r"\n(?=\S)", hlo)  # one block per computation, named on its first line
+    copies = [
+        line.strip()
+        for block in computations
+        if block.split(" ", 1)[0].lstrip("%") in bodies
+        for line in block.splitlines()
+        if re.search(r"f32\[([\d,]+)\]\{[\d,]*\} copy\(", line)
+        and re.search(r"f32\[([\d,]+)\]", line).group(1) in cache_dims
+    ]
+    assert not copies, copies[:2]
 
 
 def test_prompt_widths_are_few_per_doubling_and_pad_under_a_quarter():
