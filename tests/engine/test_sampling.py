@@ -14,6 +14,8 @@ import pytest
 
 from seal_jax.engine.sampling import (
     SamplingConfig,
+    _nucleus_threshold,
+    _order_keys,
     generate_jit,
     generate_k,
     pad_prompts,
@@ -187,6 +189,31 @@ def test_top_p_samples_only_from_the_nucleus():
     drawn = np.asarray(sample_token(logits, jax.random.key(0), cfg))
     assert set(drawn.tolist()) == {0, 1}  # 0.5 + 0.3 covers 0.7; tokens 2..4 are cut
     assert abs((drawn == 0).mean() - 0.5 / 0.8) < 0.03
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.95])
+def test_nucleus_is_the_smallest_top_set_holding_top_p(top_p):
+    """The bisection threshold keeps exactly the tokens a sort would: the most likely ones until their mass
+    reaches top_p, ties at the edge included (numpy float64 reference; rows whose edge is within float32
+    rounding of top_p are skipped)."""
+    rng = np.random.default_rng(int(top_p * 100))
+    logits = rng.normal(size=(64, 1000)) * rng.choice([0.3, 1.0, 4.0], size=(64, 1))
+    logits[::8, :20] = logits[::8].max(axis=1, keepdims=True)  # ties among the top tokens
+    logits = logits.astype(np.float32)
+    keys = _order_keys(jnp.asarray(logits))
+    kept = np.asarray(keys >= _nucleus_threshold(keys, jax.nn.softmax(jnp.asarray(logits)), top_p))
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True), dtype=np.float64)
+    probs /= probs.sum(axis=1, keepdims=True)
+    checked = 0
+    for row, p in enumerate(probs):
+        order = np.argsort(-p, kind="stable")
+        mass_before = np.cumsum(p[order]) - p[order]
+        edge = p[order][mass_before < top_p].min()
+        if np.abs(np.cumsum(p[order]) - top_p).min() < 2e-5:
+            continue
+        np.testing.assert_array_equal(kept[row], p >= edge)
+        checked += 1
+    assert checked > 40
 
 
 def test_pad_prompts_rejects_empty_prompt():
