@@ -216,7 +216,7 @@ def _decoder_layer(
     if cache is None:
         attn, new_cache = _attention(q, k, v, positions, positions, w["wq"].dtype), None
     else:
-        attn, new_cache = _cached_attention(q, k, v, positions, cache)
+        attn, new_cache = _cached_attention(q, k, v, positions, cache, w["wq"].dtype)
     x = x + _project(attn, w, lora, "o", scale)
     h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
     gated = jax.nn.silu(_project(h, w, lora, "gate", scale)) * _project(h, w, lora, "up", scale)
@@ -224,11 +224,14 @@ def _decoder_layer(
 
 
 def _cached_attention(
-    q: Array, k: Array, v: Array, positions: Array, cache: tuple[Array, Array, Array, Array]
+    q: Array, k: Array, v: Array, positions: Array, cache: tuple[Array, Array, Array, Array], dtype: Any
 ) -> tuple[Array, tuple[Array, Array]]:
     """Writes k/v [B,T,Hkv,hd] to slots [write_at, write_at + T) of the layer's cache (k, v as in `KVCache`, the
-    slots' positions [B,S], write_at) in place, then attends over it in the cache's f32 (bf16 operands here
-    would reach a dot kernel XLA:CPU lacks for them). -> (f32 [B,T,Hq*hd], the updated (k, v))."""
+    slots' positions [B,S], write_at) in place, then attends over it. -> (f32 [B,T,Hq*hd], the updated (k, v)).
+
+    A prompt (T > 1) attends with `dtype` operands, as in training, over the cache turned back to
+    [B, S, Hkv, hd]; the barrier keeps XLA from folding that transpose into the dots, which would send bf16
+    operands to a dot kernel XLA:CPU lacks for them."""
     k_cache, v_cache, k_pos, write_at = cache
     b, t, hkv, hd = k.shape
     k_all = jax.lax.dynamic_update_slice(
@@ -241,7 +244,8 @@ def _cached_attention(
         return _decode_attention(q, k_all, v_all, positions, k_pos), (k_all, v_all)
     k_seq = k_all.reshape(b, hkv, hd, -1).transpose(0, 3, 1, 2)  # back to [B, S, Hkv, hd] for a prompt
     v_seq = v_all.reshape(b, hkv, -1, hd).transpose(0, 2, 1, 3)
-    return _attention(q, k_seq, v_seq, positions, k_pos, k_all.dtype), (k_all, v_all)
+    k_seq, v_seq = jax.lax.optimization_barrier((k_seq.astype(dtype), v_seq.astype(dtype)))
+    return _attention(q, k_seq, v_seq, positions, k_pos, dtype), (k_all, v_all)
 
 
 class LoraPair(nnx.Module):
