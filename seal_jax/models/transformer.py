@@ -181,7 +181,7 @@ def _decode_attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array) 
     q: [B,1,Hq,hd]; k: [B*Hkv,hd,S]; v: [B*Hkv,S,hd] (see `KVCache`); q_pos [B,1]; k_pos [B,S] -> [B,1,Hq*hd]."""
     b, _, hq, hd = q.shape
     rows = k.shape[0]
-    q = q.reshape(rows, hq * b // rows, hd)  # query heads grouped under their key/value head
+    q = q.reshape(rows, -1, hd)  # query heads grouped under their key/value head
     scores = jnp.einsum("ngd,nds->ngs", q, k) / math.sqrt(hd)
     visible = jnp.repeat((k_pos >= 0) & (k_pos <= q_pos), rows // b, axis=0)  # [B*Hkv, S]
     scores = jnp.where(visible[:, None, :], scores, jnp.finfo(jnp.float32).min)

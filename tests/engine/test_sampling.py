@@ -223,18 +223,23 @@ def test_pad_prompts_rejects_empty_prompt():
     assert toks.shape == (2, 16) and lens.tolist() == [2, 1]
 
 
+def decode_k_args(tiny, k: int, rows: int, width: int) -> tuple:
+    """`generate_k`'s array arguments for K random adapters × `rows` prompts of `width` tokens (3 of them real)."""
+    return (
+        tiny.base,
+        random_loras(tiny, k),
+        jnp.ones((k, rows, width), jnp.int32),
+        jnp.full((k, rows), 3, jnp.int32),
+        jnp.stack([jax.random.key(i) for i in range(k)]),
+    )
+
+
 def test_decode_loop_reads_no_weight_stack_and_has_a_scalar_predicate(tiny):
     """The two decode-speed properties, read off the program: the while body takes per-layer weights cut before
     the loop (no slicing of the [L, ...] stacks per token), and under vmap its predicate stays a scalar (a batched
     one makes XLA select between the old and new loop state, KV cache included, at every token)."""
-    k, b, p = 2, 3, 16
-    loras = random_loras(tiny, k)
     jaxpr = jax.make_jaxpr(functools.partial(generate_k, graphdef=tiny.graphdef(LORA), cfg=GREEDY))(
-        tiny.base,
-        loras,
-        jnp.ones((k, b, p), jnp.int32),
-        jnp.full((k, b), 3, jnp.int32),
-        jnp.stack([jax.random.key(i) for i in range(k)]),
+        *decode_k_args(tiny, k=2, rows=3, width=16)
     )
     cfg = tiny.config
     stacked = {
@@ -263,14 +268,7 @@ def test_decode_loop_writes_the_kv_cache_in_place(tiny, rows):
     attention reads the cache as stored. (With one row per adapter, a cache laid out [B, Hkv, S, hd] was
     reshaped between the write and the read, and XLA copied every cache array at every token.)"""
     k, p = 2, 16
-    loras = random_loras(tiny, k)
-    args = (
-        tiny.base,
-        loras,
-        jnp.ones((k, rows, p), jnp.int32),
-        jnp.full((k, rows), 3, jnp.int32),
-        jnp.stack([jax.random.key(i) for i in range(k)]),
-    )
+    args = decode_k_args(tiny, k, rows, p)
     hlo = generate_k.lower(*args, graphdef=tiny.graphdef(LORA), cfg=GREEDY).compile().as_text()
     cache = KVCache.zeros(tiny.config, rows, p + GREEDY.max_new)
     cache_dims = {",".join(map(str, (k, *x.shape))) for x in (cache.k[0], cache.v[0])}
@@ -282,8 +280,7 @@ def test_decode_loop_writes_the_kv_cache_in_place(tiny, rows):
         for block in computations
         if block.split(" ", 1)[0].lstrip("%") in bodies
         for line in block.splitlines()
-        if re.search(r"f32\[([\d,]+)\]\{[\d,]*\} copy\(", line)
-        and re.search(r"f32\[([\d,]+)\]", line).group(1) in cache_dims
+        if (copy := re.search(r"f32\[([\d,]+)\]\{[\d,]*\} copy\(", line)) and copy.group(1) in cache_dims
     ]
     assert not copies, copies[:2]
 
