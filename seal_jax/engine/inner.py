@@ -25,7 +25,7 @@ from flax import nnx
 from seal_jax.domains.base import TrainExample
 from seal_jax.engine.loss import chunked_nll_sum, shift_targets
 from seal_jax.models.lora import LoraConfig
-from seal_jax.models.transformer import forward
+from seal_jax.models.transformer import forward, with_layer_bits
 
 Array = jax.Array
 
@@ -408,6 +408,7 @@ def adapt(
     adapters (unbatched under vmap), so only that branch runs. The learning-rate schedule counts this adapter's
     real steps, not the shared ones. `adapters_per_step` (the vmapped K) sizes each branch's `remat_policy`.
     """
+    base = with_layer_bits(base)  # once per call, not at every step
     tx = _optimizer(cfg)
     grad_fn = jax.value_and_grad(mean_token_loss)
 

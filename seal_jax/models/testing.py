@@ -264,15 +264,15 @@ def numpy_reference_logits(
     return (x @ head.T).astype(np.float32)
 
 
-def dot_equations(jaxpr: Any) -> list[Any]:
-    """The dot_general equations of a jaxpr and of all its sub-jaxprs (scan bodies, remat, custom_vjp, cond)."""
+def find_equations(jaxpr: Any, primitive: str = "dot_general") -> list[Any]:
+    """The `primitive` equations of a jaxpr and of all its sub-jaxprs (scan bodies, remat, custom_vjp, cond)."""
     found = []
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
+        if eqn.primitive.name == primitive:
             found.append(eqn)
         for param in eqn.params.values():
             for sub in param if isinstance(param, tuple | list) else (param,):
                 inner = getattr(sub, "jaxpr", sub)
                 if hasattr(inner, "eqns"):
-                    found += dot_equations(inner)
+                    found += find_equations(inner, primitive)
     return found

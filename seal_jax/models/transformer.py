@@ -141,6 +141,16 @@ def _as_bits(w: Array) -> Array:
     return jax.lax.bitcast_convert_type(w, jnp.uint16) if w.dtype == jnp.bfloat16 else w
 
 
+def with_layer_bits(base: nnx.State) -> nnx.State:
+    """`base` with its stacked bf16 layer weights as uint16 bits, for a loop that runs the training forward at
+    every step: the layer scan takes them as they are. Else each step converts all of them (270 MB for
+    SmolLM2-135M: ≈ 38 ms a step on this CPU), since XLA does not hoist the conversion out of the step's
+    `lax.switch` branch."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, w: _as_bits(w) if path[0] == jax.tree_util.DictKey("layers") else w, base
+    )
+
+
 def _from_bits(w: Array) -> Array:
     """The inverse of `_as_bits` (the weights are floats, so uint16 can only be bf16 bits)."""
     return jax.lax.bitcast_convert_type(w, jnp.bfloat16) if w.dtype == jnp.uint16 else w

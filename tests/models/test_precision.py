@@ -13,7 +13,7 @@ from seal_jax.engine.inner import mean_token_loss
 from seal_jax.engine.sampling import SamplingConfig, generate_jit
 from seal_jax.models.bundle import load_model
 from seal_jax.models.lora import LoraConfig
-from seal_jax.models.testing import dot_equations
+from seal_jax.models.testing import find_equations
 from seal_jax.models.transformer import init_lora, merge_model
 
 LORA = LoraConfig(rank=4, alpha=8, targets=("q", "v", "down"))
@@ -48,7 +48,7 @@ def _loss_fn(model):
 
 def _gradient_dots(model):
     """The dot_general equations of the LoRA gradient's jaxpr (forward, remat and backward)."""
-    return dot_equations(jax.make_jaxpr(jax.grad(_loss_fn(model)))(_lora(model)).jaxpr)
+    return find_equations(jax.make_jaxpr(jax.grad(_loss_fn(model)))(_lora(model)).jaxpr)
 
 
 def test_bf16_weights_keep_f32_activations_and_match_f32(tiny, tiny_bf16):
