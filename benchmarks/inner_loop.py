@@ -729,7 +729,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # 5. The base-weight GEMMs alone at the K=15 run's step shapes: a bound on what any engine with these
     # kernels could do with this layout.
-    floor_s = None if args.skip_floor else gemm_floor_train_s(model, run_k, repeats=1 if args.quick else 3)
+    floor_s = None if args.skip_floor else gemm_floor_train_s(model, run_k, repeats=2 if args.quick else 3)
     peak1, _ = matmul_peak_gflops(dtype=args.dtype)
     # MFU against the peak measured right after the floor, as the contenders' against the one before them.
     floor = None if floor_s is None else GemmFloor(floor_s / k, useful / floor_s / (peak1 * 1e9))
