@@ -39,8 +39,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check seal_jax tests benchmarks configs launch
 
 bench: install-bench
-	$(PY) benchmarks/inner_loop.py --quick
-	$(PY) benchmarks/decode.py --quick
+	$(PY) -m benchmarks.inner_loop --quick --dtype bfloat16
+	$(PY) -m benchmarks.decode --quick --peft --dtype bfloat16
+	$(PY) -m benchmarks.gemm_floor --torch --dtype bfloat16
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -308,8 +308,8 @@ def test_save_matmuls_recomputes_only_the_attention_dots(tiny):
 
 def test_bf16_weights_become_bits_once_per_call_not_per_step():
     """The layer scan slices its bf16 weights as uint16 bits; `adapt` converts them once, before the step scan.
-    Inside it, the conversion sat in each step's `lax.switch` branch, out of XLA's reach, and cost a copy of
-    every weight at every step (SmolLM2-135M, K=1 × 48 tokens: 1.66 → 1.40 s per 8 steps)."""
+    Inside it, the conversion sat in each step's `lax.switch` branch, out of XLA's reach, and copied every
+    weight at every step (SmolLM2-135M, K=1 × 48 tokens, interleaved medians: 1.45 → 1.38-1.40 s per 8 steps)."""
     model = load_model("tiny-random-llama", jnp.bfloat16)
     layout = build_step_batches(ADAPTERS, [2, 3, 1], [0, 1, 2], CFG, pad_id=0)
     hp = AdapterHparams(jnp.full(3, 1e-2), jnp.asarray(layout.steps), jnp.zeros(3, jnp.int32))
