@@ -297,10 +297,9 @@ def run_seal_jax(
     level_steps = collections.Counter(
         (ci, ly.schedule.lengths[lv]) for ci, ly in enumerate(layouts) for lv in ly.schedule.level if lv >= 0
     )
-    level_rows = {
-        (ci, n): ly.batches.tokens.shape[0] * ly.batches.tokens.shape[2] * n
-        for ci, ly in enumerate(layouts)
-        for n in ly.schedule.lengths
+    level_rows = {  # adapters × B × length
+        (ci, n): layouts[ci].batches.tokens.shape[0] * layouts[ci].batches.tokens.shape[2] * n
+        for ci, n in level_steps
     }
     return JaxRun(
         train_s=sum(level_s[key] * count for key, count in level_steps.items()),
@@ -313,7 +312,7 @@ def run_seal_jax(
         calls=[len(c) for c in chunks],
         level_s=level_s,
         level_steps=dict(level_steps),
-        level_rows={key: level_rows[key] for key in level_steps},
+        level_rows=level_rows,
         compiles=c1 - c0,
         compile_s=s1 - s0,
         timed_compiles=c2 - c1,
@@ -847,8 +846,7 @@ def report(
     bound = dict.fromkeys(("ref", "fair", "mfu"), nan)
     if floor is not None:
         # An evaluation made of nothing but the GEMMs, plus seal_jax's measured answer time.
-        floor_s = floor.train_s
-        floor_eval = floor_s + jk.answer_s + jk.setup_s
+        floor_eval = floor.train_s + jk.answer_s + jk.setup_s
         bound = {
             "ref": nan if ref is None else ref.per_eval_s / floor_eval,
             "fair": nan if fair is None else fair.per_eval_s / floor_eval,
@@ -857,7 +855,8 @@ def report(
         print(
             f"\nGEMM floor (benchmarks/gemm_floor.py): the base-weight matmuls alone, forward + input gradients, "
             f"at the K={k} layout's step shapes ({', '.join(str(r) for r in sorted(set(run_k.level_rows.values())))} "
-            f"tokens per step), take {floor_s:.2f} s of training per evaluation: {100 * floor_s / jk.train_s:.0f}% "
+            f"tokens per step), take {floor.train_s:.2f} s of training per evaluation: "
+            f"{100 * floor.train_s / jk.train_s:.0f}% "
             f"of seal_jax's {jk.train_s:.2f} s. An engine doing nothing else, with these kernels and this layout, "
             f"would reach at most {bound['ref']:.1f}× the reference stack, {bound['fair']:.2f}× the fair torch "
             f"loop and {100 * bound['mfu']:.1f}% MFU (useful tokens)."

@@ -108,9 +108,10 @@ def _rms_norm_fwd(x: Array, weight: Array, eps: float) -> tuple[Array, tuple[Arr
 
 def _rms_norm_bwd(eps: float, res: tuple[Array, Array, Array], g: Array) -> tuple[Array, Array]:
     x, weight, inv_rms = res
-    x32, gw = x.astype(jnp.float32), g.astype(jnp.float32) * weight.astype(jnp.float32)
+    x32, g32 = x.astype(jnp.float32), g.astype(jnp.float32)
+    gw = g32 * weight.astype(jnp.float32)
     dx = inv_rms * gw - x32 * inv_rms**3 * row_dot(x32, gw) / x.shape[-1]
-    dweight = jnp.sum(g.astype(jnp.float32) * x32 * inv_rms, axis=tuple(range(x.ndim - 1)))
+    dweight = jnp.sum(g32 * x32 * inv_rms, axis=tuple(range(x.ndim - 1)))
     return dx.astype(x.dtype), dweight.astype(weight.dtype)
 
 
@@ -120,7 +121,7 @@ rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 @jax.custom_vjp
 def softmax(x: Array) -> Array:
     """Softmax over the last axis (its backward reduces with `row_dot`)."""
-    return jax.nn.softmax(x, axis=-1)
+    return _softmax_fwd(x)[0]
 
 
 def _softmax_fwd(x: Array) -> tuple[Array, Array]:
