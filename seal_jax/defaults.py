@@ -58,11 +58,11 @@ def knowledge() -> ml_collections.ConfigDict:
             "schedule": "linear",
             "warmup_steps": 0,
             "max_length": 2048,
-            "length_bucket": 16,
-            "max_levels": 3,  # step lengths per compiled chunk (engine/inner.py: length_levels)
+            "length_bucket": 8,
+            "max_levels": 4,  # step lengths per compiled chunk (engine/inner.py: length_levels)
             "loss_chunk": 64,
             "remat": True,  # peak memory 9.2 -> 3.4 GB at K=15 (docs/benchmarks.md)
-            "saved_matmuls_gb": 0.75,  # steps whose matmul outputs fit skip their recompute (engine/inner.py)
+            "saved_matmuls_gb": 1.5,  # steps whose matmul outputs fit skip their recompute (engine/inner.py)
             "chunk_k": 15,
             # Evaluator.plan's costs in adapter-steps: ~1 per shared step on a CPU (chunk_k on an accelerator)
             "plan_step_cost": 1.0,
@@ -108,7 +108,7 @@ def knowledge() -> ml_collections.ConfigDict:
             "warmup_steps": 0,
             "max_length": 4096,
             "remat": True,
-            "saved_matmuls_gb": 0.75,
+            "saved_matmuls_gb": 1.5,
         }
     )
     cfg.replay = ml_collections.ConfigDict(
@@ -151,7 +151,7 @@ def arc() -> ml_collections.ConfigDict:
             "max_levels": 3,  # step lengths per compiled chunk (engine/inner.py: length_levels)
             "loss_chunk": 64,
             "remat": True,
-            "saved_matmuls_gb": 0.75,
+            "saved_matmuls_gb": 1.5,
             "chunk_k": 5,
             "plan_step_cost": 1.0,
             "plan_call_cost": 48.0,
@@ -186,7 +186,7 @@ def arc() -> ml_collections.ConfigDict:
             "warmup_steps": 0,
             "max_length": 8192,
             "remat": True,
-            "saved_matmuls_gb": 0.75,
+            "saved_matmuls_gb": 1.5,
         }
     )
     return cfg

@@ -38,9 +38,9 @@ class InnerConfig:
     (0.9, 0.999, 1e-8), no weight decay, linear decay without warmup, grad-norm clip 1.0.
     `pad_to` + `pad_in_loss` reproduce the reference's pad-to-2048-with-EOS-labels behaviour for parity runs.
     Each compiled chunk runs its steps at up to `max_levels` lengths (multiples of `length_bucket`) chosen for
-    its data (`length_levels`); each length is a `lax.switch` branch. `coupled_order` places long examples in
-    each epoch with a random stream (`order_seed`) shared by all adapters: every adapter's order stays a uniform
-    random permutation, but long steps line up (`_epoch_order`).
+    its data (`length_levels`); each length is a `lax.switch` branch. `coupled_order` places each adapter's r-th
+    longest example with a random stream (`order_seed`) shared by all adapters: every adapter's order stays a
+    uniform random permutation, but examples of equal length rank share steps (`_epoch_order`).
     With `remat`, each layer is recomputed in the backward; a step whose weight-matmul outputs (all K adapters)
     fit in `saved_matmuls_gb` keeps them instead and recomputes only the cheap rest (`remat_policy`).
     """
@@ -54,12 +54,12 @@ class InnerConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     max_length: int = 2048
-    length_bucket: int = 16
-    max_levels: int = 3
+    length_bucket: int = 8
+    max_levels: int = 4
     step_bucket: int = 8
     loss_chunk: int = 64
     remat: bool = True  # K=15 x T=256 on CPU: peak RSS 9.2 GB -> 3.4 GB at equal or better step time
-    saved_matmuls_gb: float = 0.75
+    saved_matmuls_gb: float = 1.5
     pad_to: int | None = None
     pad_in_loss: bool = False
     coupled_order: bool = True
@@ -166,14 +166,6 @@ class StepLayout:
         return np.asarray(losses)[k][np.asarray(self.batches.active)[k]].tolist()
 
 
-def length_class(n: int, cfg: InnerConfig) -> int:
-    """A sequence's coarse length class (`length_bucket` × a power of two), independent of the chunk it is in."""
-    c = cfg.length_bucket
-    while c < n:
-        c *= 2
-    return c
-
-
 def length_levels(step_lengths: Sequence[int], num_levels: int, cfg: InnerConfig) -> tuple[int, ...]:
     """At most `num_levels` step lengths (multiples of `length_bucket`, the longest step's rounded length on
     top) that minimize the padded tokens of these steps (exact dynamic program over the distinct lengths)."""
@@ -210,7 +202,7 @@ def schedule_steps(
     Each adapter keeps its own order; at every shared step it either takes its next step (if that fits the step's
     length) or idles. The step's length is the next-step level of the critical adapter (the most padded work
     left), so the longest chain never waits and the others move whenever their next batch fits (the benchmark's
-    15 self-edits: 1.63× the real tokens with coupled orders, 6.42× for lock-step at the longest length).
+    15 self-edits: 1.18× the real tokens with coupled orders, 4.3× for lock-step at the longest length).
     Returns the level index per shared step and `slot` [K, G]: the adapter's own step index at each shared step,
     -1 when idle.
     """
@@ -252,11 +244,11 @@ def build_step_batches(
     own: list[list[list[EncodedExample | None]]] = []  # [K][own step][row]
     for examples, n_epochs, seed in zip(adapters, epochs, seeds, strict=True):
         rng = np.random.default_rng(seed)
-        level_of = [length_class(len(x.ids), cfg) for x in examples]
+        lengths = [len(x.ids) for x in examples]
         order = [
             j
             for epoch in range(n_epochs if examples else 0)
-            for j in _epoch_order(rng, level_of, epoch, cfg.order_seed if cfg.coupled_order else None, b)
+            for j in _epoch_order(rng, lengths, epoch, cfg.order_seed if cfg.coupled_order else None, b)
         ]
         rows = [None if j is None else examples[j] for j in order]
         own.append([rows[i : i + b] for i in range(0, len(rows), b)])
@@ -290,12 +282,11 @@ def _cheapest_schedule(
 ) -> tuple[tuple[int, ...], list[int], np.ndarray]:
     """The level set (at most `max_levels` lengths) whose schedule computes the fewest tokens (K × length per
     step); fewer levels win ties (fewer compiled branches). Candidates: subsets of a small pool made of the
-    padding-optimal levels for 1 to 2 × `max_levels` levels and the length classes (which coupled orders align)."""
+    padding-optimal levels for 1 to 2 × `max_levels` levels."""
     flat = [n for seq in step_lengths for n in seq]
     optimal = [length_levels(flat, m, cfg) for m in range(1, 2 * cfg.max_levels + 1)]
     top = optimal[0][-1]
-    classes = {length_class(n, cfg) for n in flat} if cfg.pad_to is None else set()
-    pool = sorted(({n for levels in optimal for n in levels} | {c for c in classes if c < top}) - {top})
+    pool = sorted({n for levels in optimal for n in levels} - {top})
     best: tuple | None = None
     for m in range(cfg.max_levels):
         for lower in itertools.combinations(pool, m):
@@ -309,25 +300,28 @@ def _cheapest_schedule(
 
 
 def _epoch_order(
-    rng: np.random.Generator, level_of: Sequence[int], epoch: int, shared_seed: int | None, batch: int
+    rng: np.random.Generator, lengths: Sequence[int], epoch: int, shared_seed: int | None, batch: int
 ) -> list[int | None]:
     """One epoch's example order, a uniform random permutation (padded with None to whole batches; padding rows
     carry no loss).
 
-    Built by random insertion: the shortest-level examples in random order, then each longer one inserted at a
-    uniformly random place (level by level, longest last), which keeps the permutation uniform. With
-    `shared_seed`, the insertion places come from a stream shared by all adapters (seeded by `shared_seed`, epoch
-    and level) as fractions of the current length: every adapter's order is still uniform, but adapters put their
-    long examples at the same relative places, so `schedule_steps` can run those steps together.
+    Built by random insertion: the examples are ranked by length (ties in random order) and inserted shortest
+    first, longest last, each at a uniformly random place of the order so far, which keeps the permutation
+    uniform. With `shared_seed`, the places come from a stream shared by all adapters (seeded by `shared_seed`
+    and epoch; the r-th longest example of every adapter draws the same number) as fractions of the current
+    length: every adapter's order is still uniform, but adapters put their r-th longest examples at the same
+    relative places (at the same steps when they have equally many), so a shared step's adapters have similar
+    lengths and `schedule_steps` pads little.
     """
-    levels = np.asarray(level_of, np.int64)
-    steps = np.unique(levels)
-    order = [int(j) for j in rng.permutation(np.flatnonzero(levels == steps[0]))] if len(steps) else []
-    for level in steps[1:]:
-        idx = rng.permutation(np.flatnonzero(levels == level))
-        stream = rng if shared_seed is None else np.random.default_rng([shared_seed, epoch, int(level)])
-        for j, u in zip(idx, stream.random(len(idx)), strict=True):
-            order.insert(int(u * (len(order) + 1)), int(j))
+    n = len(lengths)
+    if shared_seed is None:
+        order = [int(j) for j in rng.permutation(n)]
+    else:
+        by_rank = np.lexsort((rng.permutation(n), -np.asarray(lengths)))  # longest first, ties at random
+        fractions = np.random.default_rng([shared_seed, epoch]).random(n)  # fractions[r]: the r-th longest
+        order = []
+        for r in range(n - 1, -1, -1):
+            order.insert(int(fractions[r] * (len(order) + 1)), int(by_rank[r]))
     return order + [None] * (-len(order) % batch)
 
 
@@ -360,14 +354,13 @@ _REUSED_PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up")
 
 def remat_policy(base: nnx.State, step_tokens: int, cfg: InnerConfig) -> str | None:
     """The `REMAT_POLICIES` entry for a training step over `step_tokens` tokens (all adapters together):
-    "save_matmuls" when the outputs it keeps fit in `cfg.saved_matmuls_gb` (≈14% faster steps than "full" on
-    this CPU, benchmarks.md), else "full"; None without `cfg.remat`."""
+    "save_matmuls" when the outputs it keeps (f32, whatever the weights' dtype: `weight_dot`) fit in
+    `cfg.saved_matmuls_gb` (≈14% faster steps than "full" on this CPU, benchmarks.md), else "full"; None without
+    `cfg.remat`."""
     if not cfg.remat:
         return None
     layers = base["layers"]
-    per_token = sum(
-        layers[n].shape[0] * layers[n].shape[-1] * layers[n].dtype.itemsize for n in _REUSED_PROJECTIONS
-    )
+    per_token = sum(layers[n].shape[0] * layers[n].shape[-1] * 4 for n in _REUSED_PROJECTIONS)
     return "save_matmuls" if per_token * step_tokens <= cfg.saved_matmuls_gb * 2**30 else "full"
 
 

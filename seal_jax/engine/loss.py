@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
@@ -16,12 +14,14 @@ def chunked_nll_sum(hidden: Array, head: Array, targets: Array, mask: Array, chu
     """Sum of masked token NLLs; differentiable in `hidden` only (the head is frozen: `stop_gradient`).
 
     hidden: [B, T, D] final hidden states; head: [D, V]; targets: int [B, T] (the next tokens);
-    mask: [B, T] weights (0 where no loss). Chunks are `gcd(chunk, T)` tokens long (T itself if shorter).
+    mask: [B, T] weights (0 where no loss). Chunks are as long as the largest divisor of T not above `chunk`
+    (T itself if shorter): at T = 208 and `chunk` 64 that is 52, where `gcd` would give 16-token chunks whose
+    head matmuls run far from the matmul peak.
     Each chunk's gradient w.r.t. its hidden states is computed in the forward pass while its [B, chunk, V]
     logits exist (`_chunk_nll`), so the backward never recomputes them: two head matmuls per chunk, not three.
     """
     b, t, _d = hidden.shape
-    chunk = math.gcd(chunk, t) if t > chunk else t
+    chunk = max(d for d in range(1, chunk + 1) if t % d == 0) if t > chunk else t
     n = t // chunk
     head = jax.lax.stop_gradient(head)
 

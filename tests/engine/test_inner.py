@@ -254,13 +254,34 @@ def test_coupled_epoch_order_is_a_uniform_permutation():
 
     from seal_jax.engine.inner import _epoch_order
 
-    levels, trials = [64, 64, 128, 256], 12_000
+    lengths, trials = [64, 64, 128, 256], 12_000
     rng = np.random.default_rng(0)
-    counts = Counter(tuple(_epoch_order(rng, levels, epoch, 7, 1)) for epoch in range(trials))
+    counts = Counter(tuple(_epoch_order(rng, lengths, epoch, 7, 1)) for epoch in range(trials))
     assert len(counts) == factorial(4)
     expected = trials / factorial(4)
     chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
     assert chi2 < 49.7, chi2  # 23 degrees of freedom, p = 0.001
+
+
+def test_coupled_orders_put_equal_length_ranks_at_equal_steps():
+    """Adapters with equally many examples take their r-th longest example at the same step of every epoch
+    (so a shared step's adapters have similar lengths); independent orders do not."""
+    from seal_jax.engine.inner import _epoch_order
+
+    lengths = [[5, 60, 7, 6, 20], [30, 2, 9, 40, 3], [8, 11, 50, 1, 4]]
+
+    def rank_sequences(shared_seed: int | None, epoch: int) -> list[list[int]]:
+        orders = [
+            _epoch_order(np.random.default_rng(k), ls, epoch, shared_seed, 1) for k, ls in enumerate(lengths)
+        ]
+        return [
+            [sorted(ls, reverse=True).index(ls[j]) for j in o] for ls, o in zip(lengths, orders, strict=True)
+        ]
+
+    for epoch in range(4):
+        coupled = rank_sequences(7, epoch)
+        assert coupled[1] == coupled[0] and coupled[2] == coupled[0], coupled
+    assert any(len({tuple(r) for r in rank_sequences(None, epoch)}) > 1 for epoch in range(4))
 
 
 def test_coupled_orders_line_up_long_examples():
@@ -288,6 +309,8 @@ def test_remat_policy_follows_the_saved_matmul_budget(tiny):
     assert remat_policy(tiny.base, 101, cfg) == "full"
     assert remat_policy(tiny.base, 1, dataclasses.replace(cfg, saved_matmuls_gb=0.0)) == "full"
     assert remat_policy(tiny.base, 1, dataclasses.replace(cfg, remat=False)) is None
+    bf16 = jax.tree.map(lambda w: w.astype(jnp.bfloat16), tiny.base)  # the saved outputs stay f32
+    assert remat_policy(bf16, 101, cfg) == "full"
     with pytest.raises(ValueError, match="saved_matmuls_gb"):
         InnerConfig(saved_matmuls_gb=-1.0)
 

@@ -12,7 +12,9 @@ def plain_nll_sum(hidden, head, targets, mask):
     return -jnp.sum(jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0] * mask)
 
 
-@pytest.mark.parametrize("chunk", [4, 6, 32])  # several chunks, gcd(6, 12) = 6, one chunk
+@pytest.mark.parametrize(
+    "chunk", [4, 7, 32]
+)  # 4-token chunks; 6 (the largest divisor of 12 not above 7); one
 def test_chunked_nll_and_its_gradient_equal_the_plain_loss(chunk):
     keys = jax.random.split(jax.random.key(0), 4)
     hidden = jax.random.normal(keys[0], (3, 12, 8))
@@ -48,3 +50,13 @@ def test_gradient_runs_two_head_matmuls_not_three():
         return n
 
     assert head_matmuls(jaxpr.jaxpr) == 2
+
+
+@pytest.mark.parametrize(("t", "chunks"), [(208, 4), (200, 4), (64, 1), (48, 1), (72, 2)])
+def test_chunks_are_the_largest_divisor_of_the_length_not_above_chunk(t, chunks):
+    """T = 208 runs 4 chunks of 52 tokens (gcd(64, 208) = 16 would run 13), T = 200 4 of 50, T = 72 2 of 36."""
+    hidden, head = jnp.zeros((1, t, 8)), jnp.zeros((8, 50))
+    targets, mask = jnp.zeros((1, t), jnp.int32), jnp.ones((1, t))
+    jaxpr = jax.make_jaxpr(chunked_nll_sum, static_argnums=4)(hidden, head, targets, mask, 64)
+    (scan,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+    assert scan.params["length"] == chunks
