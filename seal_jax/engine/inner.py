@@ -350,6 +350,7 @@ def _optimizer(cfg: InnerConfig) -> optax.GradientTransformation:
 
 # Weight matmuls whose outputs the backward reuses (it never needs the down projection's output).
 _REUSED_PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up")
+_SAVED_OUTPUT_BYTES = np.dtype(np.float32).itemsize  # `weight_dot` returns f32 whatever the weights' dtype
 
 
 def remat_policy(base: nnx.State, step_tokens: int, cfg: InnerConfig) -> str | None:
@@ -360,7 +361,9 @@ def remat_policy(base: nnx.State, step_tokens: int, cfg: InnerConfig) -> str | N
     if not cfg.remat:
         return None
     layers = base["layers"]
-    per_token = sum(layers[n].shape[0] * layers[n].shape[-1] * 4 for n in _REUSED_PROJECTIONS)
+    per_token = sum(
+        layers[n].shape[0] * layers[n].shape[-1] * _SAVED_OUTPUT_BYTES for n in _REUSED_PROJECTIONS
+    )
     return "save_matmuls" if per_token * step_tokens <= cfg.saved_matmuls_gb * 2**30 else "full"
 
 

@@ -12,9 +12,8 @@ def plain_nll_sum(hidden, head, targets, mask):
     return -jnp.sum(jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0] * mask)
 
 
-@pytest.mark.parametrize(
-    "chunk", [4, 7, 32]
-)  # 4-token chunks; 6 (the largest divisor of 12 not above 7); one
+# 4-token chunks; 6-token chunks (the largest divisor of 12 not above 7); one chunk.
+@pytest.mark.parametrize("chunk", [4, 7, 32])
 def test_chunked_nll_and_its_gradient_equal_the_plain_loss(chunk):
     keys = jax.random.split(jax.random.key(0), 4)
     hidden = jax.random.normal(keys[0], (3, 12, 8))
