@@ -39,11 +39,16 @@ def chunked_nll_sum(hidden: Array, head: Array, targets: Array, mask: Array, chu
 def _nll_and_hidden_grad(h: Array, head: Array, y: Array, m: Array) -> tuple[Array, Array]:
     """(Σ m·NLL, its gradient w.r.t. h) for one chunk. h: [B, C, D], y, m: [B, C]."""
     logits = weight_dot(h, head)
-    lse = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
-    nll = jnp.sum((lse - target_logit) * m)
+    shift = jnp.max(logits, axis=-1, keepdims=True)
+    # One exp per logit, kept for both the log-sum-exp and the softmax: the exponentials are used twice, so XLA
+    # computes them in an elementwise loop, where `logsumexp` + a second `exp` fused them into a YNNPACK
+    # reduction 5× slower than the loop (K=9 × 48 tokens: 47 → 14 ms a step).
+    exps = jnp.exp(logits - shift)
+    total = jnp.sum(exps, axis=-1, keepdims=True)
+    nll = jnp.sum((shift[..., 0] + jnp.log(total[..., 0]) - target_logit) * m)
     is_target = jnp.arange(logits.shape[-1]) == y[..., None]
-    dlogits = (jnp.exp(logits - lse[..., None]) - is_target) * m[..., None]  # softmax - onehot
+    dlogits = (exps / total - is_target) * m[..., None]  # softmax - onehot
     return nll, weight_dot(dlogits, head.T).astype(h.dtype)
 
 
