@@ -21,7 +21,6 @@ from seal_jax.engine.checkpoint import Journal
 from seal_jax.engine.text import end_of_turn_text, format_chat
 from seal_jax.errors import UserInputError
 from seal_jax.experiments import common, heldout
-from seal_jax.experiments.knowledge import finish, restem_config
 from seal_jax.models.bundle import LoadedModel
 from seal_jax.restem import run_restem
 
@@ -92,7 +91,7 @@ def run(cfg: Any) -> dict[str, Any]:
     (workdir / "tasks.json").write_text(json.dumps({k: [t.id for t in v] for k, v in splits.items()}) + "\n")
     domain = make_domain(cfg, model, splits)
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
-    restem_cfg = restem_config(cfg, model)  # bad settings fail here, before any work
+    restem_cfg = common.restem_config(cfg, model)  # bad settings fail here, before any work
     journal = Journal(workdir / "journal", "heldout")
     evals = domain.contexts("eval")
     sampling = common.policy_sampling(model, cfg.restem)
@@ -130,4 +129,6 @@ def run(cfg: Any) -> dict[str, Any]:
         ]
     policy, stats = run_restem(model, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()})
     rows.insert(2 if rows else 0, (f"SEAL ({cfg.restem.rounds} round)", sampled("seal", policy), "ReST-EM"))
-    return finish(workdir, rows, stats, f"ARC: {cfg.model}, {len(evals)} held-out tasks, % (task, SE) solved")
+    return common.finish(
+        workdir, rows, stats, f"ARC: {cfg.model}, {len(evals)} held-out tasks, % (task, SE) solved"
+    )

@@ -1,4 +1,5 @@
-"""Config -> objects shared by the experiment drivers (model, inner loop, evaluator, workdir)."""
+"""Config -> objects shared by the experiment drivers (model, inner loop, evaluator, ReST-EM, workdir), and
+the results they write."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
+from absl import logging
 
+from seal_jax import report
 from seal_jax.engine import sharding
 from seal_jax.engine.evaluator import EngineConfig, Evaluator
 from seal_jax.engine.inner import InnerConfig
@@ -17,6 +20,7 @@ from seal_jax.engine.text import sampling_config
 from seal_jax.errors import UserInputError
 from seal_jax.models.bundle import LoadedModel, load_model
 from seal_jax.models.lora import LoraConfig
+from seal_jax.restem import RestemConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -123,3 +127,39 @@ def prepare_workdir(cfg: Any) -> Path:
             )
     config_file.write_text(json.dumps(current, indent=1) + "\n")
     return workdir
+
+
+def restem_config(cfg: Any, model: LoadedModel) -> RestemConfig:
+    r = cfg.restem
+    return RestemConfig(
+        rounds=int(r.rounds),
+        contexts_per_round=int(r.contexts_per_round),
+        samples_per_context=int(r.samples_per_context),
+        eval_seeds=int(r.eval_seeds),
+        selection=r.selection,
+        reward=r.reward,
+        sampling=policy_sampling(model, r),
+        sample_batch=int(r.sample_batch),
+        sft=sft_config(cfg.sft),
+        seed=int(cfg.seed),
+    )
+
+
+def finish(
+    workdir: Path,
+    rows: list[tuple[str, float, str]],
+    stats: list[dict[str, Any]],
+    title: str,
+) -> dict[str, Any]:
+    """Prints the table; writes results.json and results.png."""
+    table = report.format_table(rows, title)
+    print(table)
+    payload = {
+        "title": title,
+        "table": [{"method": m, "accuracy": a, "note": n} for m, a, n in rows],
+        "rounds": stats,
+    }
+    report.write_json(workdir / "results.json", payload)
+    report.plot_results(workdir / "results.png", rows, stats, title)
+    logging.info("wrote %s", workdir / "results.json")
+    return payload

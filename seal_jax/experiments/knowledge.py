@@ -10,9 +10,6 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from absl import logging
-
-from seal_jax import report
 from seal_jax.domains.base import InnerHparams
 from seal_jax.domains.knowledge import data
 from seal_jax.domains.knowledge.domain import KnowledgeDomain
@@ -23,7 +20,7 @@ from seal_jax.engine.text import format_chat
 from seal_jax.errors import UserInputError
 from seal_jax.experiments import common, heldout
 from seal_jax.models.bundle import LoadedModel
-from seal_jax.restem import Item, RestemConfig, evaluate_items, run_restem, stable_seed
+from seal_jax.restem import Item, evaluate_items, run_restem, stable_seed
 
 
 def _pool(source: str, split: str) -> tuple[str, ...]:
@@ -116,22 +113,6 @@ def evaluate_heldout(
     return heldout.accuracy(records, f"{method}/")
 
 
-def restem_config(cfg: Any, model: LoadedModel) -> RestemConfig:
-    r = cfg.restem
-    return RestemConfig(
-        rounds=int(r.rounds),
-        contexts_per_round=int(r.contexts_per_round),
-        samples_per_context=int(r.samples_per_context),
-        eval_seeds=int(r.eval_seeds),
-        selection=r.selection,
-        reward=r.reward,
-        sampling=common.policy_sampling(model, r),
-        sample_batch=int(r.sample_batch),
-        sft=common.sft_config(cfg.sft),
-        seed=int(cfg.seed),
-    )
-
-
 def run(cfg: Any) -> dict[str, Any]:
     """ReST-EM on the knowledge domain with the held-out table; writes results.json and results.png."""
     workdir = common.prepare_workdir(cfg)
@@ -142,7 +123,7 @@ def run(cfg: Any) -> dict[str, Any]:
     data.write_selection(workdir / "selection_eval.json", evals)
     domain = make_domain(cfg, writer, train, evals)
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
-    restem_cfg = restem_config(cfg, writer)  # bad settings fail here, before any work
+    restem_cfg = common.restem_config(cfg, writer)  # bad settings fail here, before any work
     journal = Journal(workdir / "journal", "heldout")
     rows = []
     if cfg.eval.baselines:
@@ -171,27 +152,7 @@ def run(cfg: Any) -> dict[str, Any]:
             "ReST-EM",
         )
     )
-    return finish(workdir, rows, stats, f"knowledge: {cfg.model}, {len(evals)} held-out passages")
-
-
-def finish(
-    workdir: Path,
-    rows: list[tuple[str, float, str]],
-    stats: list[dict[str, Any]],
-    title: str,
-) -> dict[str, Any]:
-    """Prints the table; writes results.json and results.png."""
-    table = report.format_table(rows, title)
-    print(table)
-    payload = {
-        "title": title,
-        "table": [{"method": m, "accuracy": a, "note": n} for m, a, n in rows],
-        "rounds": stats,
-    }
-    report.write_json(workdir / "results.json", payload)
-    report.plot_results(workdir / "results.png", rows, stats, title)
-    logging.info("wrote %s", workdir / "results.json")
-    return payload
+    return common.finish(workdir, rows, stats, f"knowledge: {cfg.model}, {len(evals)} held-out passages")
 
 
 # Journal prefix of the replay's no-update row (self-edit files are keyed by their own names).
@@ -240,4 +201,6 @@ def replay(cfg: Any) -> dict[str, Any]:
         ]
         records = evaluate_items(evaluator, domain, items, journal, f"replay: {name}")
         rows.append((f"{name} self-edits", heldout.accuracy(records, f"{name}/"), Path(files[name]).name))
-    return finish(workdir, rows, [], f"replay: {cfg.model}, {len(evals)} passages, first completion each")
+    return common.finish(
+        workdir, rows, [], f"replay: {cfg.model}, {len(evals)} passages, first completion each"
+    )
