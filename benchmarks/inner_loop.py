@@ -614,12 +614,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         flush=True,
     )
 
-    # 2. One adapter at a time.
-    peak_seq, _ = matmul_peak_gflops(dtype=args.dtype)
-    peak_k = max(peak0, peak_seq)
+    # 2. One adapter at a time. Each phase's peak is the larger of the ones measured just before and after it.
+    peak_between, _ = matmul_peak_gflops(dtype=args.dtype)
     seq_jobs = jobs[: args.sequential]
     run_1 = run_seal_jax(model, EngineConfig(inner, sampling, chunk_k=1), seq_jobs, per_level)
-    peak_seq = max(peak_seq, matmul_peak_gflops(dtype=args.dtype)[0])
+    peak_k = max(peak0, peak_between)
+    peak_seq = max(peak_between, matmul_peak_gflops(dtype=args.dtype)[0])
     print(
         f"seal_jax K=1: {run_1.shared_steps} steps over {len(seq_jobs)} job(s); s/step by (call, length) "
         f"{ {key: round(t, 2) for key, t in run_1.level_s.items()} }; answers {run_1.answer_s_per_job:.1f} s/job; "
@@ -669,10 +669,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         # 3. The reference stack, a few steps.
         ref_threads = threads()
-        peak_ref = torch_matmul_peak_gflops(dtype=args.dtype)
+        torch_before_ref = torch_matmul_peak_gflops(dtype=args.dtype)
         ref = reference_stack(torch_model, tok, jobs[0], args.ref_steps)
-        peak_fair = torch_matmul_peak_gflops(dtype=args.dtype)
-        peak_ref = max(peak_ref, peak_fair)
+        torch_between = torch_matmul_peak_gflops(dtype=args.dtype)
+        peak_ref = max(torch_before_ref, torch_between)
         ref_step = median(ref["step_s"])
         ref_steps_per_job = np.mean([full.steps(j) for j in range(k)])
         n_q = len(jobs[0].queries)
@@ -703,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"generate {fair_runs[-1]['generate_s']:.1f} s",
                 flush=True,
             )
-        peak_fair = max(peak_fair, torch_matmul_peak_gflops(dtype=args.dtype))
+        peak_fair = max(torch_between, torch_matmul_peak_gflops(dtype=args.dtype))
         # The first step of the first run also warms torch up: leave it out of the step-time medians.
         steps = [s for r in fair_runs for s in r["steps"]][1:]
         t_of = step_time_model(steps)
@@ -733,13 +733,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # 5. The base-weight GEMMs alone at the K=15 run's step shapes: a bound on what any engine with these
     # kernels could do with this layout.
-    peak_floor, _ = matmul_peak_gflops(dtype=args.dtype)
+    # MFU against the larger of the peaks measured around the floor, as the contenders' around their phases.
+    peak_before_floor = None if args.skip_floor else matmul_peak_gflops(dtype=args.dtype)[0]
     floor_s = None if args.skip_floor else gemm_floor_train_s(model, run_k, repeats=2 if args.quick else 3)
     peak1, _ = matmul_peak_gflops(dtype=args.dtype)
-    # MFU against the larger of the peaks measured around the floor, as the contenders' around their phases.
-    floor = (
-        None if floor_s is None else GemmFloor(floor_s / k, useful / floor_s / (max(peak_floor, peak1) * 1e9))
-    )
+    floor = None
+    if floor_s is not None and peak_before_floor is not None:
+        floor = GemmFloor(floor_s / k, useful / floor_s / (max(peak_before_floor, peak1) * 1e9))
     report(args, inner, contenders, full, run_k, run_1, peak0, peak1, rss_k, watch, t_start, k, floor)
 
 
