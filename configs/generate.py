@@ -7,6 +7,7 @@ def get_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     cfg.experiment = "generate"
     cfg.model = "smollm2-135m-instruct"
+    cfg.dtype = "float32"
     cfg.prompt = "What is the capital of France?"
     cfg.chat = True
     cfg.max_new_tokens = 64

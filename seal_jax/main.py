@@ -37,9 +37,21 @@ def run(cfg) -> object:
     return experiments.dispatch(cfg)
 
 
+def _load_config():
+    """The parsed config. A missing config file surfaces only when the config is first used: exit 2, one line."""
+    try:
+        cfg = _CONFIG.value
+        if cfg is not None:
+            cfg.keys()
+        return cfg
+    except OSError as err:  # its last line names the file and the reason
+        print(f"error: cannot load the config file ({str(err).splitlines()[-1].strip()})", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str]) -> None:
     del argv
-    cfg = _CONFIG.value
+    cfg = _load_config()
     if cfg is None:
         raise app.UsageError("--config is required, e.g. --config configs/knowledge_demo.py")
     setup_jax(cfg)
@@ -54,13 +66,16 @@ def main(argv: list[str]) -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing; a bad flag or config override (unknown key, wrong type) exits 2 with one line."""
+    """absl flag parsing; a bad flag, config override (unknown key, wrong type) or config file that fails to
+    import exits 2 with one line."""
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
+    except Exception as err:  # flags and the user's config file: any error here is bad input
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         if isinstance(err, (AttributeError, KeyError)):
             message = f"unknown config key or bad override: {message}"
+        elif not isinstance(err, (flags.Error, TypeError, ValueError)):
+            message = f"cannot load the config file ({type(err).__name__}: {message})"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 

@@ -25,6 +25,7 @@ from seal_jax.engine.evaluator import AdaptJob, Evaluator
 from seal_jax.engine.sampling import SamplingConfig
 from seal_jax.engine.sft import SftConfig, sft_policy
 from seal_jax.engine.text import generate_texts
+from seal_jax.errors import UserInputError, require_positive
 from seal_jax.models.bundle import LoadedModel
 from seal_jax.models.lora import merge_lora
 from seal_jax.models.transformer import init_lora
@@ -46,6 +47,15 @@ class RestemConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        require_positive(
+            "restem",
+            contexts_per_round=self.contexts_per_round,
+            samples_per_context=self.samples_per_context,
+            eval_seeds=self.eval_seeds,
+            sample_batch=self.sample_batch,
+        )
+        if self.rounds < 0:
+            raise ValueError(f"restem: rounds={self.rounds} must be >= 0")
         if self.selection not in ("best_of_n", "all_positive"):
             raise ValueError(f"selection must be 'best_of_n' or 'all_positive', got {self.selection!r}")
         if self.reward not in ("absolute", "gain"):
@@ -112,6 +122,12 @@ def evaluate_items(
     records: dict[str, dict[str, Any]] = {}
     runnable = []
     for item in items:
+        done = journal.get(item.key)
+        if done is not None and done.get("self_edit") != item.text:
+            raise UserInputError(
+                f"{journal.path} holds {item.key} for another self-edit text than this run's (was a self-edit "
+                "file changed?); use a new --config.workdir"
+            )
         if isinstance(item.parsed, Invalid):
             if item.key not in journal:
                 journal.write(
@@ -281,13 +297,20 @@ def run_restem(
             "invalid": sum(isinstance(it.parsed, Invalid) for it in items),
             "kept": len(pairs),
         }
-        if pairs:
-            result = sft_policy(policy, pairs, cfg.sft, stable_seed(cfg.seed, "sft", r))
-            policy, adapter = result.policy, result.adapter.to_pure_dict()
-            round_stats["sft_loss_first_last"] = [result.losses[0], result.losses[-1]]
-        else:
+        adapter = None
+        if not pairs:
             logging.warning("round %d kept no self-edit: the policy is unchanged", r + 1)
-            adapter = init_lora(policy.config, cfg.sft.lora, jax.random.key(0)).to_pure_dict()  # B = 0: no-op
+        else:
+            try:
+                result = sft_policy(policy, pairs, cfg.sft, stable_seed(cfg.seed, "sft", r))
+            except FloatingPointError as err:
+                logging.warning("round %d: %s", r + 1, err)
+                round_stats["sft_error"] = str(err)
+            else:
+                policy, adapter = result.policy, result.adapter.to_pure_dict()
+                round_stats["sft_loss_first_last"] = [result.losses[0], result.losses[-1]]
+        if adapter is None:  # the policy is unchanged: a no-op adapter (B = 0) keeps the round checkpointed
+            adapter = init_lora(policy.config, cfg.sft.lora, jax.random.key(0)).to_pure_dict()
         if policy_is_student:
             evaluator.set_base(policy.base)
         checkpoints.save(

@@ -14,7 +14,9 @@ import pytest
 
 from seal_jax.domains.knowledge import data
 from seal_jax.engine.text import generate_texts, sampling_config
-from seal_jax.experiments import common, knowledge
+from seal_jax.errors import UserInputError
+from seal_jax.experiments import knowledge
+from seal_jax.experiments.workdir import open_workdir
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = textwrap.dedent("""
@@ -89,19 +91,85 @@ def test_bad_engine_setting_exits_2_before_any_work(tmp_path, config_file, overr
     line = last_line(proc.stderr)
     assert line.startswith("error:") and named in line
     assert not (tmp_path / "run" / "journal").exists()  # nothing was evaluated
+    assert not (tmp_path / "run" / "config.json").exists()  # nor recorded: the corrected command may run
 
 
-def test_rerun_with_a_different_config_in_the_same_workdir_exits_2(tmp_path, config_file):
+def test_rerun_with_a_different_config_over_finished_work_exits_2(tmp_path, config_file):
     workdir = tmp_path / "run"
     cfg = runpy.run_path(str(config_file))["get_config"]()
     cfg.workdir = str(workdir)
-    common.prepare_workdir(cfg)  # what the first run records
-    assert json.loads((workdir / "config.json").read_text())["seed"] == 0
+    with open_workdir(cfg):  # what the first run records, then its first journal line
+        (workdir / "journal").mkdir()
+        (workdir / "journal" / "heldout.jsonl").write_text('{"key": "base/x/0/0", "self_edit": null}\n')
     proc = main("--config", str(config_file), f"--config.workdir={workdir}", "--config.seed=1")
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = last_line(proc.stderr)
-    assert line.startswith("error:") and "different config" in line and "seed" in line
+    assert line.startswith("error:") and "different config (seed)" in line
     assert json.loads((workdir / "config.json").read_text())["seed"] == 0  # the record is not overwritten
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        (None, "No such file"),
+        ("def get_config(:\n", "SyntaxError"),
+        ("def get_config():\n    1 / 0\n", "Zero"),
+    ],
+)
+def test_a_config_file_that_cannot_load_exits_2_with_one_line(tmp_path, content, named):
+    path = tmp_path / "config.py"
+    if content is not None:
+        path.write_text(content)
+    proc = main("--config", str(path))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert last_line(proc.stderr).startswith("error: cannot load the config file") and named in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("inner.batch_size=0", "batch_size=0"),
+        ("inner.length_bucket=0", "length_bucket=0"),
+        ("inner.schedule=warm", "schedule must be one of"),
+        ("inner.chunk_k=0", "chunk_k=0"),
+        ("inner.learning_rate=-1", "learning_rate=-1"),
+        ("inner.learning_rate=nan", "learning_rate=nan"),
+        ("inner.epochs=0", "epochs=0"),
+        ("domain.max_sequences=-1", "max_sequences=-1"),
+        ("sft.epochs=0", "epochs=0"),
+        ("sft.schedule=warm", "schedule must be one of"),
+        ("restem.samples_per_context=0", "samples_per_context=0"),
+        ("restem.eval_seeds=0", "eval_seeds=0"),
+        ("restem.top_p=0", "top_p=0"),
+        ("restem.temperature=-1", "temperature=-1"),
+        ("restem.max_self_edit_tokens=0", "max_new=0"),
+        ("restem.selection=best", "selection must be"),
+        ("mesh.data=3", "does not match"),
+        ("inner.lora_rank=0", "bad inner-loop config: LoRA rank"),
+    ],
+)
+def test_bad_settings_fail_before_any_work_and_leave_no_record(tmp_path, config_file, override, named):
+    """In-process (the command line's exit 2 is tested above): one line naming the setting, and nothing in the
+    workdir that would block the corrected command."""
+    cfg = runpy.run_path(str(config_file))["get_config"]()
+    cfg.workdir = str(tmp_path / "run")
+    key, value = override.split("=")
+    section, field = key.split(".")
+    cfg[section][field] = type(cfg[section][field])(value)
+    with pytest.raises(UserInputError) as err:
+        knowledge.run(cfg)
+    assert named in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).count("config:") <= 1  # one prefix, not one per wrapping layer
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_generate_with_a_bad_setting_exits_2_naming_it():
+    proc = main(
+        "--config", "configs/generate.py", "--config.model=tiny-random-llama", "--config.max_new_tokens=0"
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "max_new=0" in last_line(proc.stderr)
 
 
 def test_generate_on_the_tiny_model_prints_the_answer(tiny):

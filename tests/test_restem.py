@@ -23,8 +23,11 @@ from seal_jax.domains.knowledge import data
 from seal_jax.domains.knowledge.domain import KnowledgeDomain
 from seal_jax.engine.checkpoint import Journal, RoundCheckpoints
 from seal_jax.engine.evaluator import AdaptResult, Evaluator
+from seal_jax.engine.sft import SftConfig
 from seal_jax.engine.text import sampling_config
+from seal_jax.errors import UserInputError
 from seal_jax.experiments import common, knowledge
+from seal_jax.models.lora import LoraConfig
 from seal_jax.restem import Item, RestemConfig, evaluate_items, restore_policy, select, stable_seed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,6 +238,40 @@ def test_invalid_self_edit_is_journaled_with_reward_zero_and_reason(tmp_path):
     assert "invalid" not in records[its[1].key] and records[its[1].key]["final_loss"] == 1.5
     assert stub.calls == 1  # only the valid one was adapted
     assert sorted(keys_of(tmp_path / "r.jsonl")) == sorted(it.key for it in its)
+
+
+def test_a_journal_record_of_another_self_edit_text_is_refused(tmp_path):
+    """E.g. a replay whose self-edit file was edited between two runs in one workdir: its old rewards are stale."""
+    domain = KnowledgeDomain(tuple(DEMO[:1]), ())
+    evaluate_items(StubEvaluator(), domain, items(domain, ["One fact."]), Journal(tmp_path, "r"), "test")
+    with pytest.raises(UserInputError, match="another self-edit text"):
+        evaluate_items(StubEvaluator(), domain, items(domain, ["Another fact."]), Journal(tmp_path, "r"), "t")
+
+
+def test_a_non_finite_m_step_keeps_the_policy_and_checkpoints_the_round(tmp_path, tiny):
+    """An SFT learning rate that overflows the adapter: the round is logged and saved, the policy unchanged."""
+    cfg = RestemConfig(
+        rounds=1,
+        contexts_per_round=2,
+        samples_per_context=1,
+        eval_seeds=1,
+        sampling=sampling_config(tiny.tokenizer, max_new=8, temperature=1.0),
+        sample_batch=2,
+        sft=SftConfig(lora=LoraConfig(4, 8.0, ("q", "v")), learning_rate=1e30, batch_size=2),
+    )
+    domain = KnowledgeDomain(tuple(DEMO[:2]), ())
+    samples = Journal(tmp_path / "journal", "round_0")  # the self-edits, as if sampled before a kill
+    for c in DEMO[:2]:
+        samples.write({"key": f"round_0/sample/{c.id}/0", "context": c.id, "sample": 0, "text": "A fact."})
+    policy, stats = restem.run_restem(
+        tiny, domain, StubEvaluator(), cfg, str(tmp_path), {}, policy_is_student=False
+    )
+    assert stats[0]["kept"] == 2 and "non-finite" in stats[0]["sft_error"]
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(policy.base), leaves(tiny.base), strict=True))
+    checkpoints = RoundCheckpoints(tmp_path)
+    assert checkpoints.latest_round() == 1 and checkpoints.restore(1)[1]["stats"] == stats[0]
+    restored = restore_policy(tiny, checkpoints, cfg.sft, 1)
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(restored.base), leaves(tiny.base), strict=True))
 
 
 def test_resume_of_a_partly_journaled_chunk_repeats_no_key(tmp_path):

@@ -17,6 +17,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from seal_jax.errors import UserInputError
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replaces `path` by `text` so that a kill leaves either the old or the new file, never a torn one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
 
 class Journal:
     """`<dir>/<name>.jsonl`: one JSON object per finished unit of work, keyed by `record["key"]`.
@@ -34,18 +46,20 @@ class Journal:
             for i, line in enumerate(lines):
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
+                    self.records[record["key"]] = record
+                except (json.JSONDecodeError, KeyError, TypeError):
                     if i == len(lines) - 1:
                         logging.warning("ignoring a torn last line in %s", self.path)
                         continue
-                    raise ValueError(f"{self.path}:{i + 1} is not valid JSON (journal corrupted)") from None
-                self.records[record["key"]] = record
+                    raise UserInputError(
+                        f"{self.path}:{i + 1} is not a journal record (the journal is corrupted)"
+                    ) from None
             if lines and not self.path.read_text().endswith("\n"):
                 self._rewrite()
 
     def _rewrite(self) -> None:
-        """Drops a torn last line so later appends start on a fresh line."""
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records.values()))
+        """Drops a torn last line so later appends start on a fresh line (atomically: a kill keeps the old file)."""
+        write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in self.records.values()))
 
     def __contains__(self, key: str) -> bool:
         return key in self.records

@@ -32,6 +32,7 @@ from seal_jax.engine.inner import (
 )
 from seal_jax.engine.sampling import SamplingConfig, pad_prompts, prompt_width
 from seal_jax.engine.text import decode_outputs, encode_prompts, pad_id
+from seal_jax.errors import require_positive
 from seal_jax.models.bundle import LoadedModel
 from seal_jax.models.transformer import init_lora_k
 
@@ -71,6 +72,9 @@ class EngineConfig:
     call_cost: float = 48.0
 
     def __post_init__(self) -> None:
+        require_positive("inner loop", chunk_k=self.chunk_k)
+        if self.warmup_steps < 0:
+            raise ValueError(f"inner loop: warmup_steps={self.warmup_steps} must be >= 0")
         if self.step_cost < 0 or self.call_cost < 0:
             raise ValueError(
                 f"plan costs must be >= 0, got step_cost={self.step_cost}, call_cost={self.call_cost}"

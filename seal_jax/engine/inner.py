@@ -24,10 +24,12 @@ from flax import nnx
 
 from seal_jax.domains.base import TrainExample
 from seal_jax.engine.loss import chunked_nll_sum, shift_targets
+from seal_jax.errors import require_positive
 from seal_jax.models.lora import LoraConfig
 from seal_jax.models.transformer import forward, with_layer_bits
 
 Array = jax.Array
+SCHEDULES = ("linear", "cosine")  # HF's schedules: linear decay / cosine, each after a linear warmup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +68,20 @@ class InnerConfig:
     order_seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_levels < 1:
-            raise ValueError(f"max_levels={self.max_levels} must be at least 1")
+        require_positive(
+            "inner loop",
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            length_bucket=self.length_bucket,
+            max_levels=self.max_levels,
+            step_bucket=self.step_bucket,
+            loss_chunk=self.loss_chunk,
+            max_grad_norm=self.max_grad_norm,
+        )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.pad_to is not None:
+            require_positive("inner loop", pad_to=self.pad_to)
         if self.saved_matmuls_gb < 0:
             raise ValueError(f"saved_matmuls_gb={self.saved_matmuls_gb} must be >= 0 (0: always recompute)")
         if self.pad_in_loss and self.pad_to is None:
@@ -98,7 +112,7 @@ class AdapterHparams:
 @dataclasses.dataclass(frozen=True)
 class AdaptStats:
     """losses: [K, S] mean token loss per step (0 on masked steps); nonfinite: [K] the adapter hit NaN/inf
-    and was frozen at its last finite state."""
+    (and was frozen at its last finite state) or ended with non-finite parameters: its results are void."""
 
     losses: Array
     nonfinite: Array
@@ -398,7 +412,8 @@ def adapt(
     cfg: InnerConfig,
     adapters_per_step: int = 1,
 ) -> tuple[nnx.State, AdaptStats]:
-    """LoRA SFT of one adapter: a scan over S steps ([S, B, T] batches). Non-finite loss/grads freeze it.
+    """LoRA SFT of one adapter: a scan over S steps ([S, B, T] batches). A non-finite loss, gradient or
+    learning rate freezes it at its last finite state; non-finite final parameters flag it too.
 
     Step g runs at length `schedule.lengths[schedule.level[g]]` via `lax.switch`; the level is shared by all
     adapters (unbatched under vmap), so only that branch runs. The learning-rate schedule counts this adapter's
@@ -425,10 +440,10 @@ def adapt(
         tokens, loss_mask, active, level = xs
         loss, grads = loss_and_grads(lora, tokens, loss_mask, level)
         # A NaN/inf gradient makes the global norm (which the clip computes anyway) non-finite: one pass over
-        # the gradients fewer than testing every element.
-        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
-        updates, new_opt_state = tx.update(grads, opt_state, lora)
+        # the gradients fewer than testing every element. A NaN/inf learning rate would poison the update.
         lr = learning_rate_at(done, hparams, cfg.schedule)
+        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads)) & jnp.isfinite(lr)
+        updates, new_opt_state = tx.update(grads, opt_state, lora)
         new_lora = jax.tree.map(lambda p, u: p - lr * u, lora, updates)
         apply = active & finite & ~frozen
         carry = (
@@ -443,7 +458,9 @@ def adapt(
     (lora, _, frozen, _), losses = jax.lax.scan(
         step, init, (batches.tokens, batches.loss_mask, batches.active, schedule.level)
     )
-    return lora, AdaptStats(losses, frozen)
+    # A finite but huge learning rate can still overflow the parameters at the last step, which no later loss
+    # would reveal: flag them too (one pass over the adapter per call).
+    return lora, AdaptStats(losses, frozen | ~jnp.isfinite(optax.global_norm(lora)))
 
 
 def vmapped_adapt(graphdef: nnx.GraphDef, cfg: InnerConfig, spmd_axis_name: str | None = None) -> Callable:

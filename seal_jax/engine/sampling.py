@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from seal_jax.errors import require_positive
 from seal_jax.models.transformer import KVCache, merge_model, weight_dot
 
 Array = jax.Array
@@ -30,6 +32,13 @@ class SamplingConfig:
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
     prompt_bucket: int = 16  # the finest prompt-width step (`prompt_width`)
+
+    def __post_init__(self) -> None:
+        require_positive("sampling", max_new=self.max_new, prompt_bucket=self.prompt_bucket)
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"sampling: temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling: top_p={self.top_p} must be in (0, 1] (1 = no nucleus truncation)")
 
 
 def sample_token(logits: Array, key: Array, cfg: SamplingConfig) -> Array:

@@ -19,6 +19,7 @@ from flax import nnx
 from seal_jax.domains.base import TrainExample
 from seal_jax.engine.inner import AdapterHparams, InnerConfig, adapt_k, build_step_batches, encode_example
 from seal_jax.engine.text import pad_id
+from seal_jax.errors import require_positive
 from seal_jax.models.bundle import LoadedModel
 from seal_jax.models.lora import LoraConfig, merge_lora
 from seal_jax.models.transformer import init_lora_k
@@ -39,8 +40,22 @@ class SftConfig:
     saved_matmuls_gb: float = 0.75
 
     def __post_init__(self) -> None:
-        if self.saved_matmuls_gb < 0:
-            raise ValueError(f"saved_matmuls_gb={self.saved_matmuls_gb} must be >= 0 (0: always recompute)")
+        self.inner()  # batch size, schedule, max length, remat budget: checked as the inner loop's
+        require_positive("sft", learning_rate=self.learning_rate, epochs=self.epochs)
+        if self.warmup_steps < 0:
+            raise ValueError(f"sft warmup_steps={self.warmup_steps} must be >= 0")
+
+    def inner(self) -> InnerConfig:
+        """The inner-loop settings the M-step runs with (one adapter, no step bucketing)."""
+        return InnerConfig(
+            lora=self.lora,
+            batch_size=self.batch_size,
+            schedule=self.schedule,
+            max_length=self.max_length,
+            remat=self.remat,
+            saved_matmuls_gb=self.saved_matmuls_gb,
+            step_bucket=1,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,15 +67,7 @@ class SftResult:
 
 def sft_policy(policy: LoadedModel, pairs: Sequence[TrainExample], cfg: SftConfig, seed: int) -> SftResult:
     """Fine-tunes a fresh LoRA on `pairs` (loss on completions only) and returns the merged policy."""
-    inner = InnerConfig(
-        lora=cfg.lora,
-        batch_size=cfg.batch_size,
-        schedule=cfg.schedule,
-        max_length=cfg.max_length,
-        remat=cfg.remat,
-        saved_matmuls_gb=cfg.saved_matmuls_gb,
-        step_bucket=1,
-    )
+    inner = cfg.inner()
     encoded = [
         encode_example(policy.tokenizer, p, loss_on_all_tokens=False, max_length=cfg.max_length)
         for p in pairs

@@ -3,7 +3,8 @@ the results they write."""
 
 from __future__ import annotations
 
-import json
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,24 @@ def targets(spec: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in spec.split(",") if t.strip())
 
 
-def lora_config(c: Any) -> LoraConfig:
+@contextlib.contextmanager
+def config_section(name: str) -> Iterator[None]:
+    """Turns a ValueError raised while building the `name` settings into a one-line UserInputError."""
     try:
-        return LoraConfig(rank=int(c.lora_rank), alpha=float(c.lora_alpha), targets=targets(c.lora_targets))
+        yield
+    except UserInputError:
+        raise
     except ValueError as err:
-        raise UserInputError(str(err)) from None
+        raise UserInputError(f"bad {name} config: {err}") from None
+
+
+def lora_config(c: Any) -> LoraConfig:
+    return LoraConfig(rank=int(c.lora_rank), alpha=float(c.lora_alpha), targets=targets(c.lora_targets))
 
 
 def inner_config(c: Any, seed: int) -> InnerConfig:
     """cfg.inner -> InnerConfig (pad_to 0 = bucketed lengths, the default); `seed` seeds the shared order stream."""
-    try:
+    with config_section("inner-loop"):
         return InnerConfig(
             lora=lora_config(c),
             batch_size=int(c.batch_size),
@@ -54,12 +63,10 @@ def inner_config(c: Any, seed: int) -> InnerConfig:
             pad_to=int(c.pad_to) or None,
             pad_in_loss=bool(c.pad_in_loss),
         )
-    except ValueError as err:
-        raise UserInputError(f"bad inner-loop config: {err}") from None
 
 
 def sft_config(c: Any) -> SftConfig:
-    try:
+    with config_section("sft"):
         return SftConfig(
             lora=lora_config(c),
             learning_rate=float(c.learning_rate),
@@ -71,18 +78,17 @@ def sft_config(c: Any) -> SftConfig:
             remat=bool(c.remat),
             saved_matmuls_gb=float(c.saved_matmuls_gb),
         )
-    except ValueError as err:
-        raise UserInputError(f"bad sft config: {err}") from None
 
 
 def policy_sampling(model: LoadedModel, c: Any) -> SamplingConfig:
     """Self-edit sampling settings (cfg.restem): temperature, top-p, max new tokens."""
-    return sampling_config(
-        model.tokenizer,
-        max_new=int(c.max_self_edit_tokens),
-        temperature=float(c.temperature),
-        top_p=float(c.top_p),
-    )
+    with config_section("restem sampling"):
+        return sampling_config(
+            model.tokenizer,
+            max_new=int(c.max_self_edit_tokens),
+            temperature=float(c.temperature),
+            top_p=float(c.top_p),
+        )
 
 
 def load(cfg: Any) -> LoadedModel:
@@ -96,8 +102,8 @@ def load(cfg: Any) -> LoadedModel:
 
 def make_evaluator(model: LoadedModel, cfg: Any, max_new: int) -> Evaluator:
     """The K-adapter evaluator on the configured mesh."""
-    mesh = sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
-    try:
+    with config_section("inner-loop"):
+        mesh = sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
         engine = EngineConfig(
             inner=inner_config(cfg.inner, int(cfg.seed)),
             sampling=sampling_config(model.tokenizer, max_new=max_new),
@@ -106,43 +112,24 @@ def make_evaluator(model: LoadedModel, cfg: Any, max_new: int) -> Evaluator:
             step_cost=float(cfg.inner.plan_step_cost),
             call_cost=float(cfg.inner.plan_call_cost),
         )
-    except ValueError as err:
-        raise UserInputError(f"bad inner-loop config: {err}") from None
     return Evaluator(model, engine, mesh)
-
-
-def prepare_workdir(cfg: Any) -> Path:
-    """Creates the workdir and records the full config (resumes must use the same one)."""
-    workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_file = workdir / "config.json"
-    current = json.loads(cfg.to_json())
-    if config_file.exists():
-        previous = json.loads(config_file.read_text())
-        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        if changed:
-            raise UserInputError(
-                f"{workdir} holds a run with a different config (top-level keys {changed}); "
-                "use a new --config.workdir"
-            )
-    config_file.write_text(json.dumps(current, indent=1) + "\n")
-    return workdir
 
 
 def restem_config(cfg: Any, model: LoadedModel) -> RestemConfig:
     r = cfg.restem
-    return RestemConfig(
-        rounds=int(r.rounds),
-        contexts_per_round=int(r.contexts_per_round),
-        samples_per_context=int(r.samples_per_context),
-        eval_seeds=int(r.eval_seeds),
-        selection=r.selection,
-        reward=r.reward,
-        sampling=policy_sampling(model, r),
-        sample_batch=int(r.sample_batch),
-        sft=sft_config(cfg.sft),
-        seed=int(cfg.seed),
-    )
+    with config_section("restem"):
+        return RestemConfig(
+            rounds=int(r.rounds),
+            contexts_per_round=int(r.contexts_per_round),
+            samples_per_context=int(r.samples_per_context),
+            eval_seeds=int(r.eval_seeds),
+            selection=r.selection,
+            reward=r.reward,
+            sampling=policy_sampling(model, r),
+            sample_batch=int(r.sample_batch),
+            sft=sft_config(cfg.sft),
+            seed=int(cfg.seed),
+        )
 
 
 def finish(

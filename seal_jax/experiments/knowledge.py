@@ -17,8 +17,9 @@ from seal_jax.domains.knowledge.grading import OfflineGrader, OpenAIJudge
 from seal_jax.engine.checkpoint import Journal
 from seal_jax.engine.evaluator import Evaluator
 from seal_jax.engine.text import format_chat
-from seal_jax.errors import UserInputError
+from seal_jax.errors import UserInputError, require_positive
 from seal_jax.experiments import common, heldout
+from seal_jax.experiments.workdir import open_workdir
 from seal_jax.models.bundle import LoadedModel
 from seal_jax.restem import Item, evaluate_items, run_restem, stable_seed
 
@@ -59,6 +60,13 @@ def grader(cfg: Any) -> Any:
 
 def make_domain(cfg: Any, model: LoadedModel, train: list, evals: list) -> KnowledgeDomain:
     chat = functools.partial(format_chat, model.tokenizer) if cfg.domain.chat else None
+    with common.config_section("domain"):
+        require_positive(
+            "knowledge inner loop",
+            learning_rate=float(cfg.inner.learning_rate),
+            epochs=int(cfg.inner.epochs),
+            max_sequences=int(cfg.domain.max_sequences),
+        )
     hparams = InnerHparams(
         learning_rate=float(cfg.inner.learning_rate), epochs=int(cfg.inner.epochs), loss_on_all_tokens=True
     )
@@ -71,7 +79,7 @@ def make_domain(cfg: Any, model: LoadedModel, train: list, evals: list) -> Knowl
             hparams=hparams,
             split_newlines=cfg.domain.split_newlines,
             add_context=cfg.domain.add_context,
-            max_sequences=cfg.domain.max_sequences,
+            max_sequences=int(cfg.domain.max_sequences),
             grader=grader(cfg),
         )
     except (KeyError, ValueError) as err:
@@ -115,44 +123,44 @@ def evaluate_heldout(
 
 def run(cfg: Any) -> dict[str, Any]:
     """ReST-EM on the knowledge domain with the held-out table; writes results.json and results.png."""
-    workdir = common.prepare_workdir(cfg)
     train, evals = passages(cfg)  # bad data fails before the model loads
     model = common.load(cfg)
     writer = common.load(cfg.replace(model=cfg.writer_model)) if cfg.writer_model else model
-    data.write_selection(workdir / "selection_train.json", train)
-    data.write_selection(workdir / "selection_eval.json", evals)
     domain = make_domain(cfg, writer, train, evals)
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
-    restem_cfg = common.restem_config(cfg, writer)  # bad settings fail here, before any work
-    journal = Journal(workdir / "journal", "heldout")
-    rows = []
-    if cfg.eval.baselines:
-        rows += [
-            ("base (no update)", evaluate_heldout("base", evaluator, domain, model, cfg, journal), ""),
-            ("passage only", evaluate_heldout("passage", evaluator, domain, model, cfg, journal), ""),
-            (
-                "round-0 self-edits",
-                evaluate_heldout("round0", evaluator, domain, writer, cfg, journal),
-                "no RL",
-            ),
-        ]
-    policy, stats = run_restem(
-        writer,
-        domain,
-        evaluator,
-        restem_cfg,
-        str(workdir),
-        {"config": cfg.to_json()},
-        policy_is_student=not cfg.writer_model,
-    )
-    rows.append(
-        (
-            f"SEAL ({cfg.restem.rounds} rounds)",
-            evaluate_heldout("seal", evaluator, domain, policy, cfg, journal),
-            "ReST-EM",
+    restem_cfg = common.restem_config(cfg, writer)
+    with open_workdir(cfg) as workdir:  # only now: every setting and the data are good
+        data.write_selection(workdir / "selection_train.json", train)
+        data.write_selection(workdir / "selection_eval.json", evals)
+        journal = Journal(workdir / "journal", "heldout")
+        rows = []
+        if cfg.eval.baselines:
+            rows += [
+                ("base (no update)", evaluate_heldout("base", evaluator, domain, model, cfg, journal), ""),
+                ("passage only", evaluate_heldout("passage", evaluator, domain, model, cfg, journal), ""),
+                (
+                    "round-0 self-edits",
+                    evaluate_heldout("round0", evaluator, domain, writer, cfg, journal),
+                    "no RL",
+                ),
+            ]
+        policy, stats = run_restem(
+            writer,
+            domain,
+            evaluator,
+            restem_cfg,
+            str(workdir),
+            {"config": cfg.to_json()},
+            policy_is_student=not cfg.writer_model,
         )
-    )
-    return common.finish(workdir, rows, stats, f"knowledge: {cfg.model}, {len(evals)} held-out passages")
+        rows.append(
+            (
+                f"SEAL ({cfg.restem.rounds} rounds)",
+                evaluate_heldout("seal", evaluator, domain, policy, cfg, journal),
+                "ReST-EM",
+            )
+        )
+        return common.finish(workdir, rows, stats, f"knowledge: {cfg.model}, {len(evals)} held-out passages")
 
 
 # Journal prefix of the replay's no-update row (self-edit files are keyed by their own names).
@@ -161,11 +169,14 @@ NO_UPDATE = "no_update"
 
 def replay(cfg: Any) -> dict[str, Any]:
     """Evaluates given self-edit files (reference format) through the inner loop: the paper's Table 2 layout."""
-    workdir = common.prepare_workdir(cfg)
     model = common.load(cfg)
     files = {
         name: Path(cfg.replay.directory) / f"{name}_val.json" for name in common.targets(cfg.replay.names)
     }
+    if not files:
+        raise UserInputError("replay.names is empty: name at least one self-edit file (e.g. 'base,iter2')")
+    with common.config_section("replay"):
+        require_positive("replay", num_passages=int(cfg.replay.num_passages))
     if NO_UPDATE in files:
         raise UserInputError(f"a self-edit file may not be called {NO_UPDATE!r} (the no-update row's name)")
     try:
@@ -176,31 +187,32 @@ def replay(cfg: Any) -> dict[str, Any]:
     evals = pool[: int(cfg.replay.num_passages)]
     domain = make_domain(cfg, model, [], evals)
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
-    journal = Journal(workdir / "journal", "replay")
-    records = evaluate_items(
-        evaluator,
-        domain,
-        [Item(f"{NO_UPDATE}/{c.id}", c, None, None, 0) for c in evals],
-        journal,
-        "replay: no update",
-    )
-    rows = [("base (no update)", heldout.accuracy(records, f"{NO_UPDATE}/"), "")]
-    for name, by_id in completions.items():
-        items = [
-            Item(
-                f"{name}/{c.id}",
-                c,
-                by_id[c.id][0],
-                domain.passage_only_self_edit(c)
-                if not by_id[c.id][0].strip()
-                else domain.parse_self_edit(c, by_id[c.id][0]),
-                stable_seed(cfg.seed, name, c.id),
-            )
-            for c in evals
-            if by_id.get(c.id)
-        ]
-        records = evaluate_items(evaluator, domain, items, journal, f"replay: {name}")
-        rows.append((f"{name} self-edits", heldout.accuracy(records, f"{name}/"), Path(files[name]).name))
-    return common.finish(
-        workdir, rows, [], f"replay: {cfg.model}, {len(evals)} passages, first completion each"
-    )
+    with open_workdir(cfg) as workdir:
+        journal = Journal(workdir / "journal", "replay")
+        records = evaluate_items(
+            evaluator,
+            domain,
+            [Item(f"{NO_UPDATE}/{c.id}", c, None, None, 0) for c in evals],
+            journal,
+            "replay: no update",
+        )
+        rows = [("base (no update)", heldout.accuracy(records, f"{NO_UPDATE}/"), "")]
+        for name, by_id in completions.items():
+            items = [
+                Item(
+                    f"{name}/{c.id}",
+                    c,
+                    by_id[c.id][0],
+                    domain.passage_only_self_edit(c)
+                    if not by_id[c.id][0].strip()
+                    else domain.parse_self_edit(c, by_id[c.id][0]),
+                    stable_seed(cfg.seed, name, c.id),
+                )
+                for c in evals
+                if by_id.get(c.id)
+            ]
+            records = evaluate_items(evaluator, domain, items, journal, f"replay: {name}")
+            rows.append((f"{name} self-edits", heldout.accuracy(records, f"{name}/"), Path(files[name]).name))
+        return common.finish(
+            workdir, rows, [], f"replay: {cfg.model}, {len(evals)} passages, first completion each"
+        )

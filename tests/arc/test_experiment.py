@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from seal_jax import defaults
+from seal_jax.errors import UserInputError
 from seal_jax.experiments import arc
 
 
@@ -50,3 +53,19 @@ def test_tiny_arc_end_to_end(tmp_path):
     oracle = [r for r in oracle if r["key"].startswith("oracle/")]
     assert len(oracle) == 1 and "sub_tasks" in oracle[0] and oracle[0]["n_sequences"] > 0
     assert list((tmp_path / "run" / "pictures").glob("oracle_*.png"))
+
+
+def test_kaggle_tasks_without_test_outputs_are_refused_before_any_work(tmp_path):
+    task = {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3]]}]}
+    (tmp_path / "challenges.json").write_text(json.dumps({"t1": task}))
+    cfg = tiny_arc_config(tmp_path / "run")
+    cfg.data.source = "kaggle"
+    cfg.data.challenges = cfg.data.eval_challenges = str(tmp_path / "challenges.json")
+    with pytest.raises(UserInputError, match=r"t1\) have test inputs without an output and data.solutions"):
+        arc.run(cfg)
+    cfg.data.eval_challenges = ""
+    cfg.data.solutions = str(tmp_path / "solutions.json")
+    (tmp_path / "solutions.json").write_text(json.dumps({"t1": [[[4]]]}))
+    with pytest.raises(UserInputError, match=r"needs data\.eval_challenges"):
+        arc.run(cfg)
+    assert not (tmp_path / "run").exists()

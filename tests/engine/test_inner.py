@@ -189,6 +189,18 @@ def test_nan_in_one_adapter_leaves_others_bit_identical(tiny):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_non_finite_or_overflowing_learning_rate_is_flagged_even_at_the_last_step(tiny):
+    """One step each: no later loss could reveal the damage, so the flag must come from the step itself (NaN,
+    inf) or from the final parameters (a finite rate that overflows them)."""
+    one_step = [examples(0, [10]), examples(1, [7]), examples(2, [9]), examples(3, [12])]
+    lrs = [1e-2, float("nan"), float("inf"), 1e36]
+    lora, stats, _ = run(tiny, one_step, [1] * 4, lrs, [0, 1, 2, 3])
+    assert list(np.asarray(stats.nonfinite)) == [False, True, True, True]
+    clean, _, _ = run(tiny, one_step[:1], [1], lrs[:1], [0])
+    for a, b in zip(leaves(lora, 0), leaves(clean, 0), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_batches_bucket_lengths_and_mask_padding():
     cfg = dataclasses.replace(CFG, batch_size=2)
     layout = build_step_batches([examples(0, [5, 20, 3])], [2], [0], cfg, pad_id=0)

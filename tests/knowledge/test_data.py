@@ -123,9 +123,26 @@ def _one_line_error(path, call=data.load_json) -> str:
     [
         ("{not json", r"cannot read JSON.*expected a JSON list"),
         ('{"title": "T"}', r"top level is dict; expected a JSON list"),
-        ('[{"title": "T", "questions": []}]', r"item 0 is malformed \(KeyError: 'context'\)"),
+        (
+            '[{"title": "T", "questions": [{"question": "Q", "answer": "A"}]}]',
+            r"item 0 is malformed \(KeyError: 'context'\)",
+        ),
         ('[{"title": "T", "context": "C", "questions": [{"question": "Q"}]}]', r"item 0 is malformed"),
         ('["just a string"]', r"item 0 is malformed"),
+        ('[{"title": "T", "context": "C", "questions": []}]', r"item 0 .*non-empty list"),
+        (
+            '[{"title": "T", "context": "C", "questions": [{"question": "Q", "answer": null}]}]',
+            r"'answer' is NoneType",
+        ),
+        (
+            '[{"title": ["T"], "context": "C", "questions": [{"question": "Q", "answer": "A"}]}]',
+            r"'title' is list",
+        ),
+        (
+            '[{"title": "T", "context": "C", "questions": [{"question": "Q", "answer": "A"}]}, '
+            '{"title": "T", "context": "C", "questions": [{"question": "Q2", "answer": "B"}]}]',
+            r"items 0 and 1 are the same passage",
+        ),
     ],
 )
 def test_bad_json_file_is_a_one_line_value_error(tmp_path, content, pattern):
@@ -142,3 +159,11 @@ def test_missing_file_and_missing_completions(tmp_path):
     )
     assert len(data.load_json(path)) == 1
     assert "no 'completions' list" in _one_line_error(path, data.load_completions)
+    item = {
+        "title": "T",
+        "context": "C",
+        "questions": [{"question": "Q", "answer": "A"}],
+        "completions": [None],
+    }
+    path.write_text(json.dumps([item]))
+    assert "list of strings" in _one_line_error(path, data.load_completions)

@@ -52,6 +52,11 @@ def test_replay_rows_and_journal_keys_do_not_collide(tmp_path):
     assert sequences == {knowledge.NO_UPDATE: [0, 0], "naive": [1, 1], "base": [2, 3]}
 
 
+def test_replay_without_file_names_is_a_one_line_error(tmp_path):
+    with pytest.raises(UserInputError, match=r"replay\.names is empty"):
+        knowledge.replay(replay_config(tmp_path, " , "))
+
+
 def test_replay_refuses_a_file_named_like_the_no_update_row(tmp_path):
     with pytest.raises(UserInputError, match="no_update"):
         knowledge.replay(replay_config(tmp_path, f"{knowledge.NO_UPDATE}"))

@@ -105,4 +105,6 @@ def load_kaggle(challenges: str | Path, solutions: str | Path | None = None) -> 
             tasks.append(ArcTask(task_id, train, tuple(map(_example, raw["test"], outputs))))
         except (ValueError, TypeError, AttributeError) as err:
             raise _bad_file(challenges, shape, f"task {task_id!r}: {err}") from None
+    if not tasks:
+        raise _bad_file(challenges, shape, "it holds no task")
     return tasks

@@ -92,36 +92,62 @@ def _read_items(path: Path) -> list[Mapping[str, Any]]:
     return items
 
 
+def _string(item: Mapping[str, Any], field: str) -> str:
+    value = item[field]
+    if not isinstance(value, str):
+        raise TypeError(f"{field!r} is {type(value).__name__}, not a string")
+    return value
+
+
 def _parse_item(path: Path, i: int, item: Any) -> Passage:
     try:
-        qas = [QA(str(q["question"]), str(q["answer"])) for q in item["questions"]]
-        return make_passage(str(item["title"]), str(item["context"]), qas)
+        questions = item["questions"]
+        if not isinstance(questions, list) or not questions:
+            raise TypeError(
+                "'questions' must be a non-empty list (a passage without questions cannot be scored)"
+            )
+        qas = [QA(_string(q, "question"), _string(q, "answer")) for q in questions]
+        return make_passage(_string(item, "title"), _string(item, "context"), qas)
     except (KeyError, TypeError) as e:
         raise ValueError(
             f"{path}: item {i} is malformed ({type(e).__name__}: {e}); expected {_JSON_SHAPE}"
         ) from None
 
 
+def _parse_items(path: Path, items: Sequence[Any]) -> list[Passage]:
+    """Every item as a Passage; two items with the same title and context are an error (same id)."""
+    passages, seen = [], {}
+    for i, item in enumerate(items):
+        passage = _parse_item(path, i, item)
+        if passage.id in seen:
+            raise ValueError(
+                f"{path}: items {seen[passage.id]} and {i} are the same passage (title and context)"
+            )
+        seen[passage.id] = i
+        passages.append(passage)
+    return passages
+
+
 def load_json(path: str | Path) -> list[Passage]:
     """Passages from a JSON file in the reference's format (`squad_val.json`, or a self-edit file whose
     items also carry `completions`)."""
     path = Path(path)
-    return [_parse_item(path, i, item) for i, item in enumerate(_read_items(path))]
+    return _parse_items(path, _read_items(path))
 
 
 def load_completions(path: str | Path) -> dict[str, tuple[str, ...]]:
     """Stored self-edits of a reference self-edit file (`self_edits/base_val.json`, ...): passage id ->
     completions."""
     path = Path(path)
+    items = _read_items(path)
     out = {}
-    for i, item in enumerate(_read_items(path)):
-        passage = _parse_item(path, i, item)
+    for i, (item, passage) in enumerate(zip(items, _parse_items(path, items), strict=True)):
         completions = item.get("completions")
-        if not isinstance(completions, list):
+        if not isinstance(completions, list) or not all(isinstance(c, str) for c in completions):
             raise ValueError(
-                f"{path}: item {i} has no 'completions' list; expected a reference self-edit file"
+                f"{path}: item {i} has no 'completions' list of strings; expected a reference self-edit file"
             )
-        out[passage.id] = tuple(map(str, completions))
+        out[passage.id] = tuple(completions)
     return out
 
 

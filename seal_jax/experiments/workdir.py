@@ -1,0 +1,116 @@
+"""The run directory: one process at a time, and only the config its finished work came from.
+
+`open_workdir` is entered once a run's settings and data are known to be good, so a run that fails on bad input
+leaves nothing behind that would block the corrected command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+from absl import logging
+
+from seal_jax.engine.checkpoint import write_atomically
+from seal_jax.errors import UserInputError
+
+# Where a run lives and caches its compilations: not what it computes, so a moved run directory still resumes.
+_NOT_COMPARED = ("workdir", "compilation_cache_dir")
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b.c": value} for every leaf of nested dicts."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_leaves(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def changed_settings(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The dotted config keys whose values differ (keys in `_NOT_COMPARED` excepted)."""
+    old, new = _leaves(previous), _leaves(current)
+    return sorted(
+        k for k in set(old) | set(new) if k.split(".")[0] not in _NOT_COMPARED and old.get(k) != new.get(k)
+    )
+
+
+def holds_work(workdir: Path) -> bool:
+    """Whether a journal line or a round checkpoint has been written."""
+    journals = (workdir / "journal").glob("*.jsonl")
+    checkpoints = workdir / "checkpoints"
+    return any(p.stat().st_size for p in journals) or (checkpoints.is_dir() and any(checkpoints.iterdir()))
+
+
+@contextlib.contextmanager
+def _locked(workdir: Path) -> Iterator[None]:
+    """Holds an exclusive lock on `workdir` for the block (released when it ends or the process dies)."""
+    with (workdir / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserInputError(
+                f"another process is running in {workdir} (it holds {workdir / '.lock'})"
+            ) from None
+        yield
+
+
+def _read_json(config_file: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        logging.warning("%s is unreadable (%s)", config_file, type(err).__name__)
+        return None
+
+
+def _check_devices(workdir: Path, has_work: bool) -> None:
+    """Warns when a run resumes on another device count: its partly finished chunks may then differ from an
+    uninterrupted run's at float rounding (the mesh shapes the programs)."""
+    record = workdir / "devices.json"
+    current = {"platform": jax.default_backend(), "devices": jax.device_count()}
+    previous = _read_json(record) if record.exists() else None
+    if has_work and previous is not None and previous != current:
+        logging.warning("%s was started on %s and resumes on %s", workdir, previous, current)
+    if previous != current:
+        write_atomically(record, json.dumps(current) + "\n")
+
+
+@contextlib.contextmanager
+def open_workdir(cfg: Any) -> Iterator[Path]:
+    """Creates `cfg.workdir`, locks it for the block and records the config. Finished work (journal lines,
+    checkpoints) may only be resumed with the config that made it: a different one, or an unreadable or missing
+    `config.json` next to finished work, is a one-line error. Without finished work the new config replaces
+    the old."""
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with _locked(workdir):
+        _record_config(workdir, cfg)
+        yield workdir
+
+
+def _record_config(workdir: Path, cfg: Any) -> None:
+    has_work = holds_work(workdir)
+    config_file = workdir / "config.json"
+    current = json.loads(cfg.to_json())
+    previous = _read_json(config_file) if config_file.exists() else None
+    if has_work:
+        if previous is None:
+            raise UserInputError(
+                f"{workdir} holds finished work but no readable config.json, so it cannot be checked against "
+                "this config; use a new --config.workdir"
+            )
+        changed = changed_settings(previous, current)
+        if changed:
+            shown = ", ".join(changed[:6]) + (", ..." if len(changed) > 6 else "")
+            raise UserInputError(
+                f"{workdir} holds work of a run with a different config ({shown}); use a new --config.workdir"
+            )
+    _check_devices(workdir, has_work)
+    if previous != current:
+        write_atomically(config_file, json.dumps(current, indent=1) + "\n")
