@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -43,10 +45,20 @@ def _load_config():
         cfg = _CONFIG.value
         if cfg is not None:
             cfg.keys()
-        return cfg
     except OSError as err:  # its last line names the file and the reason
-        print(f"error: cannot load the config file ({str(err).splitlines()[-1].strip()})", file=sys.stderr)
-        sys.exit(2)
+        _exit_bad_input(f"cannot load the config file ({str(err).splitlines()[-1].strip()})")
+    if cfg is None and flags.FLAGS["config"].present:
+        _exit_bad_input("the config file's get_config() returned None")
+    if cfg is not None and not isinstance(cfg, ml_collections.ConfigDict):
+        _exit_bad_input(f"get_config() must return an ml_collections.ConfigDict, not {type(cfg).__name__}")
+    return cfg
+
+
+def _exit_bad_input(message: str) -> NoReturn:
+    """Exit status 2 with one line (whitespace collapsed, at most 400 characters)."""
+    line = " ".join(message.split())
+    print(f"error: {line[:400]}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv: list[str]) -> None:
@@ -61,8 +73,7 @@ def main(argv: list[str]) -> None:
         run(cfg)
     except UserInputError as err:
         logging.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _exit_bad_input(str(err))
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -71,13 +82,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except Exception as err:  # flags and the user's config file: any error here is bad input
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if isinstance(err, (AttributeError, KeyError)):
+        lines = str(err).replace("Traceback (most recent call last):", "").strip().splitlines()
+        message = f"{lines[0]} {lines[-1].strip()}" if len(lines) > 1 else str(err) or type(err).__name__
+        if "get_config" in message and isinstance(err, AttributeError):
+            message = "the config file defines no get_config()"
+        elif isinstance(err, (AttributeError, KeyError)):
             message = f"unknown config key or bad override: {message}"
         elif not isinstance(err, (flags.Error, TypeError, ValueError)):
             message = f"cannot load the config file ({type(err).__name__}: {message})"
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        _exit_bad_input(message)
 
 
 def entry() -> None:

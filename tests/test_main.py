@@ -111,9 +111,13 @@ def test_rerun_with_a_different_config_over_finished_work_exits_2(tmp_path, conf
 @pytest.mark.parametrize(
     ("content", "named"),
     [
-        (None, "No such file"),
-        ("def get_config(:\n", "SyntaxError"),
-        ("def get_config():\n    1 / 0\n", "Zero"),
+        (None, "cannot load the config file ([Errno 2] No such file"),
+        ("def get_config(:\n", "cannot load the config file (SyntaxError"),
+        ("def get_config():\n    1 / 0\n", "cannot load the config file (ZeroDivisionError"),
+        ("X = 1\n", "defines no get_config()"),
+        ("def get_config(x):\n    return None\n", "missing 1 required positional argument"),
+        ("def get_config():\n    return None\n", "get_config() returned None"),
+        ("def get_config():\n    return {'experiment': 'generate'}\n", "ConfigDict, not dict"),
     ],
 )
 def test_a_config_file_that_cannot_load_exits_2_with_one_line(tmp_path, content, named):
@@ -123,7 +127,7 @@ def test_a_config_file_that_cannot_load_exits_2_with_one_line(tmp_path, content,
     proc = main("--config", str(path))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    assert last_line(proc.stderr).startswith("error: cannot load the config file") and named in proc.stderr
+    assert last_line(proc.stderr).startswith("error:") and named in last_line(proc.stderr)
 
 
 @pytest.mark.parametrize(
@@ -147,6 +151,10 @@ def test_a_config_file_that_cannot_load_exits_2_with_one_line(tmp_path, content,
         ("restem.selection=best", "selection must be"),
         ("mesh.data=3", "does not match"),
         ("inner.lora_rank=0", "bad inner-loop config: LoRA rank"),
+        ("inner.lora_alpha=nan", "LoRA alpha"),
+        ("eval.seeds=0", "seeds=0"),
+        ("eval.samples=0", "samples=0"),
+        ("data.num_eval=-1", "num_eval=-1"),
     ],
 )
 def test_bad_settings_fail_before_any_work_and_leave_no_record(tmp_path, config_file, override, named):

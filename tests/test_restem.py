@@ -198,9 +198,16 @@ def test_journal_drops_a_torn_last_line_and_appends_cleanly(tmp_path):
     assert Journal(tmp_path, "j").get("c") == {"key": "c", "v": 3}
 
 
-def test_journal_rejects_a_corrupted_middle_line(tmp_path):
-    (tmp_path / "j.jsonl").write_text('{"key": "a"}\n{"key": \n{"key": "b"}\n')
-    with pytest.raises(ValueError, match="corrupted"):
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"key": "a"}\n{"key": \n{"key": "b"}\n',  # a corrupt middle line
+        '{"key": "a"}\n[1, 2]\n',  # a whole last line that is no record: a kill never leaves a newline after it
+    ],
+)
+def test_journal_rejects_a_corrupted_line(tmp_path, content):
+    (tmp_path / "j.jsonl").write_text(content)
+    with pytest.raises(UserInputError, match="corrupted"):
         Journal(tmp_path, "j")
 
 

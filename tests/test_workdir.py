@@ -68,6 +68,26 @@ def test_recorded_work_without_a_readable_config_is_refused(tmp_path, broken):
         prepare(config(tmp_path))
 
 
+def test_a_config_json_that_holds_no_object_counts_as_unreadable(tmp_path):
+    record_work(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(UserInputError, match=r"no readable config\.json"):
+        prepare(config(tmp_path))
+
+
+@pytest.mark.parametrize("blocker", ["", "journal", "config.json/"])
+def test_a_path_that_cannot_be_a_run_directory_is_a_one_line_error(tmp_path, blocker):
+    """The workdir itself, its journal directory or its config.json in the way as the wrong kind of file."""
+    path = tmp_path / "run" / blocker
+    if blocker.endswith("/"):
+        path.mkdir(parents=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    with pytest.raises(UserInputError, match=r"cannot use .* as a run directory"):
+        prepare(config(tmp_path / "run"))
+
+
 def test_a_workdir_in_use_by_another_process_is_refused(tmp_path):
     holder = subprocess.Popen(
         [

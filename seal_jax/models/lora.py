@@ -7,6 +7,7 @@ An adapter for target `t` is a pair `A: [L, in, r]`, `B: [L, r, out]` (leading L
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -41,6 +42,8 @@ class LoraConfig:
             raise ValueError(f"unknown LoRA targets {unknown}: expected a subset of {list(TARGETS)}")
         if self.rank <= 0:
             raise ValueError(f"LoRA rank must be positive, got {self.rank}")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"LoRA alpha must be a finite number > 0, got {self.alpha}")
 
     @property
     def scale(self) -> float:
