@@ -22,12 +22,10 @@ from tqdm import tqdm
 from seal_jax.domains.base import Domain, InnerHparams, Invalid, SelfEdit, TrainExample
 from seal_jax.engine.checkpoint import Journal, RoundCheckpoints
 from seal_jax.engine.evaluator import AdaptJob, Evaluator
+from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.sampling import SamplingConfig
-from seal_jax.engine.sft import SftConfig, sft_policy
-from seal_jax.engine.text import generate_texts
+from seal_jax.engine.sft import SftConfig, sft
 from seal_jax.errors import UserInputError, require_positive
-from seal_jax.models.bundle import LoadedModel
-from seal_jax.models.lora import merge_lora
 from seal_jax.models.transformer import init_lora
 
 
@@ -79,7 +77,7 @@ def stable_seed(*parts: Any) -> int:
 
 
 def sample_self_edits(
-    policy: LoadedModel,
+    policy: Runtime,
     domain: Domain,
     contexts: Sequence[Any],
     n: int,
@@ -98,15 +96,7 @@ def sample_self_edits(
         keys = [f"{tag}/sample/{c.id}/{i}" for c, i in chunk]
         if not all(k in journal for k in keys):
             prompts = [domain.self_edit_prompt(c) for c, _ in chunk]
-            texts = generate_texts(
-                policy.tokenizer,
-                policy.graphdef(),
-                policy.base,
-                None,
-                prompts,
-                sampling,
-                stable_seed(seed, tag, start),
-            )
+            texts = policy.sample(prompts, sampling, stable_seed(seed, tag, start))
             for key, (c, i), text in zip(keys, chunk, texts, strict=True):
                 if key in journal:  # written before a kill
                     continue
@@ -202,44 +192,38 @@ def select(rewards: dict[tuple[str, int], float], cfg: RestemConfig) -> list[tup
     return list(best.values())
 
 
-def restore_policy(
-    initial: LoadedModel, checkpoints: RoundCheckpoints, sft: SftConfig, rounds: int
-) -> LoadedModel:
-    """The policy after `rounds` finished rounds: the saved round adapters merged in order."""
-    policy = initial
-    template = init_lora(initial.config, sft.lora, jax.random.key(0))
+def restore_policy(policy: Runtime, checkpoints: RoundCheckpoints, sft_cfg: SftConfig, rounds: int) -> None:
+    """Brings the initial `policy` to its state after `rounds` finished rounds: the saved round adapters are
+    merged in order, in place."""
+    template = init_lora(policy.model.config, sft_cfg.lora, jax.random.key(0))
     for r in range(1, rounds + 1):
         state, _ = checkpoints.restore(r)
         adapter = jax.tree.map(lambda x: x, template)
         nnx.replace_by_pure_dict(adapter, state["adapter"])
-        policy = policy.with_base(merge_lora(policy.base, adapter, sft.lora))
-    return policy
+        policy.merge(adapter, sft_cfg.lora)
 
 
 def run_restem(
-    policy: LoadedModel,
+    policy: Runtime,
     domain: Domain,
     evaluator: Evaluator,
     cfg: RestemConfig,
     workdir: str,
     meta: dict[str, Any],
     *,
-    policy_is_student: bool = True,
     on_round: Callable[[int, dict[str, Any]], None] | None = None,
-) -> tuple[LoadedModel, list[dict[str, Any]]]:
-    """Runs (or resumes) `cfg.rounds` ReST-EM rounds; returns the final policy and per-round statistics.
+) -> list[dict[str, Any]]:
+    """Runs (or resumes) `cfg.rounds` ReST-EM rounds, updating `policy` in place; returns per-round statistics.
 
-    With `policy_is_student` (the reference's setup) the model that writes self-edits is also the one they adapt:
-    `evaluator` holds its weights and follows every M-step. Otherwise (teacher-student) the evaluator keeps its
+    When `policy` is the evaluator's runtime (the reference's setup) the model that writes self-edits is also the
+    one they adapt, and the evaluator follows every M-step. Otherwise (teacher-student) the evaluator keeps its
     fixed student model and only the writer `policy` is trained.
     """
     checkpoints = RoundCheckpoints(workdir)
     done = checkpoints.latest_round()
     if done:
         logging.info("resuming after round %d", done)
-        policy = restore_policy(policy, checkpoints, cfg.sft, done)
-        if policy_is_student:
-            evaluator.set_base(policy.base)
+        restore_policy(policy, checkpoints, cfg.sft, done)
     stats = [checkpoints.restore(r)[1]["stats"] for r in range(1, done + 1)]
     train = domain.contexts("train")
     for r in range(done, cfg.rounds):
@@ -302,17 +286,16 @@ def run_restem(
             logging.warning("round %d kept no self-edit: the policy is unchanged", r + 1)
         else:
             try:
-                result = sft_policy(policy, pairs, cfg.sft, stable_seed(cfg.seed, "sft", r))
+                result = sft(policy, pairs, cfg.sft, stable_seed(cfg.seed, "sft", r))
             except FloatingPointError as err:
                 logging.warning("round %d: %s", r + 1, err)
                 round_stats["sft_error"] = str(err)
             else:
-                policy, adapter = result.policy, result.adapter.to_pure_dict()
+                policy.merge(result.adapter, cfg.sft.lora)
+                adapter = result.adapter.to_pure_dict()
                 round_stats["sft_loss_first_last"] = [result.losses[0], result.losses[-1]]
         if adapter is None:  # the policy is unchanged: a no-op adapter (B = 0) keeps the round checkpointed
-            adapter = init_lora(policy.config, cfg.sft.lora, jax.random.key(0)).to_pure_dict()
-        if policy_is_student:
-            evaluator.set_base(policy.base)
+            adapter = init_lora(policy.model.config, cfg.sft.lora, jax.random.key(0)).to_pure_dict()
         checkpoints.save(
             r + 1,
             adapter,
@@ -323,4 +306,4 @@ def run_restem(
         logging.info("round %d: %s", r + 1, round_stats)
         if on_round:
             on_round(r + 1, round_stats)
-    return policy, stats
+    return stats

@@ -26,7 +26,7 @@ from seal_jax.domains.base import TrainExample
 from seal_jax.engine.loss import chunked_nll_sum, shift_targets
 from seal_jax.errors import require_positive
 from seal_jax.models.lora import LoraConfig
-from seal_jax.models.transformer import forward, with_layer_bits
+from seal_jax.models.transformer import forward, merge_model, with_layer_bits
 
 Array = jax.Array
 SCHEDULES = ("linear", "cosine")  # HF's schedules: linear decay / cosine, each after a linear warmup
@@ -291,6 +291,23 @@ def build_step_batches(
     )
 
 
+def prepare_call(
+    encoded: Sequence[Sequence[EncodedExample]],
+    epochs: Sequence[int],
+    seeds: Sequence[int],
+    learning_rates: Sequence[float],
+    warmup_steps: Sequence[int],
+    cfg: InnerConfig,
+    pad_id: int,
+) -> tuple[StepLayout, AdapterHparams]:
+    """One compiled call's host inputs for K adapters: the step layout and the per-adapter hparams [K]."""
+    layout = build_step_batches(encoded, epochs, seeds, cfg, pad_id=pad_id)
+    hparams = AdapterHparams(
+        np.asarray(learning_rates, np.float32), np.asarray(layout.steps), np.asarray(warmup_steps, np.int32)
+    )
+    return layout, hparams
+
+
 def _cheapest_schedule(
     step_lengths: Sequence[Sequence[int]], cfg: InnerConfig
 ) -> tuple[tuple[int, ...], list[int], np.ndarray]:
@@ -419,7 +436,7 @@ def adapt(
     adapters (unbatched under vmap), so only that branch runs. The learning-rate schedule counts this adapter's
     real steps, not the shared ones. `adapters_per_step` (the vmapped K) sizes each branch's `remat_policy`.
     """
-    base = with_layer_bits(base)  # once per call, not at every step
+    base = with_layer_bits(base, merge_model(graphdef, base, lora0).kernels)  # once per call, not per step
     tx = _optimizer(cfg)
     grad_fn = jax.value_and_grad(mean_token_loss)
 

@@ -1,4 +1,4 @@
-"""The ReST-EM M-step: LoRA SFT of the policy on kept (prompt, self-edit) pairs, then merge into the policy.
+"""The ReST-EM M-step: LoRA SFT of the policy on kept (prompt, self-edit) pairs (the caller merges the adapter).
 
 It reuses the inner loop's `adapt` with K = 1 (completion-only loss: the prompt's tokens carry none).
 Reference defaults (SEAL_REFERENCE.md §2.7): LoRA r64 α128 on all projections, lr 3e-4, 2 epochs, batch 10,
@@ -12,17 +12,15 @@ import dataclasses
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from seal_jax.domains.base import TrainExample
-from seal_jax.engine.inner import AdapterHparams, InnerConfig, adapt_k, build_step_batches, encode_example
+from seal_jax.engine import distributed
+from seal_jax.engine.inner import InnerConfig, encode_example, prepare_call
+from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.text import pad_id
 from seal_jax.errors import require_positive
-from seal_jax.models.bundle import LoadedModel
-from seal_jax.models.lora import LoraConfig, merge_lora
-from seal_jax.models.transformer import init_lora_k
+from seal_jax.models.lora import LoraConfig
 
 ALL_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -37,7 +35,7 @@ class SftConfig:
     warmup_steps: int = 0
     max_length: int = 4096
     remat: bool = True
-    saved_matmuls_gb: float = 0.75
+    saved_matmuls_gb: float = 1.5
 
     def __post_init__(self) -> None:
         self.inner()  # batch size, schedule, max length, remat budget: checked as the inner loop's
@@ -60,36 +58,32 @@ class SftConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SftResult:
-    policy: LoadedModel
+    """The trained adapter (host arrays, no K axis) and its loss per real step."""
+
     adapter: nnx.State
     losses: list[float]
 
 
-def sft_policy(policy: LoadedModel, pairs: Sequence[TrainExample], cfg: SftConfig, seed: int) -> SftResult:
-    """Fine-tunes a fresh LoRA on `pairs` (loss on completions only) and returns the merged policy."""
+def sft(runtime: Runtime, pairs: Sequence[TrainExample], cfg: SftConfig, seed: int) -> SftResult:
+    """Fine-tunes a fresh LoRA on `pairs` (loss on completions only), data-parallel over the batch rows.
+
+    Raises FloatingPointError when the run hits a non-finite loss (the caller leaves the policy unchanged)."""
     inner = cfg.inner()
     encoded = [
-        encode_example(policy.tokenizer, p, loss_on_all_tokens=False, max_length=cfg.max_length)
+        encode_example(runtime.tokenizer, p, loss_on_all_tokens=False, max_length=cfg.max_length)
         for p in pairs
     ]
-    layout = build_step_batches([encoded], [cfg.epochs], [seed], inner, pad_id=pad_id(policy.tokenizer))
-    hparams = AdapterHparams(
-        jnp.asarray([cfg.learning_rate], jnp.float32),
-        jnp.asarray(layout.steps),
-        jnp.asarray([cfg.warmup_steps], jnp.int32),
+    layout, hparams = prepare_call(
+        [encoded],
+        [cfg.epochs],
+        [seed],
+        [cfg.learning_rate],
+        [cfg.warmup_steps],
+        inner,
+        pad_id(runtime.tokenizer),
     )
-    lora0 = init_lora_k(policy.config, cfg.lora, jax.random.key(seed)[None])
-    lora, stats = adapt_k(
-        lora0,
-        policy.base,
-        jax.tree.map(jnp.asarray, layout.batches),
-        jax.tree.map(jnp.asarray, layout.schedule),
-        hparams,
-        graphdef=policy.graphdef(cfg.lora),
-        cfg=inner,
-    )
-    if bool(np.asarray(stats.nonfinite)[0]):
+    lora, stats = runtime.adapt(layout, hparams, runtime.fresh_adapters(cfg.lora, [seed]), inner, "rows")
+    if bool(stats.nonfinite[0]):
         raise FloatingPointError("the M-step hit a non-finite loss; the policy is left unchanged")
-    adapter = jax.tree.map(lambda x: x[0], lora)
-    merged = policy.with_base(merge_lora(policy.base, adapter, cfg.lora))
-    return SftResult(merged, adapter, layout.real_losses(stats.losses, 0))
+    adapter = jax.tree.map(lambda x: distributed.to_host(x)[0], lora)
+    return SftResult(adapter, layout.real_losses(stats.losses, 0))

@@ -1,23 +1,19 @@
 """Meshes and shardings: the adapter axis K on `data`, base weights by logical-axis rules on `fsdp`/`tensor`.
 
-`jax.jit` with explicit `in_shardings`/`out_shardings` and donation is today's pjit. On one device every spec
-collapses to replication, so the same code runs unchanged on a laptop, a GPU and a TPU pod slice.
+The runtime (`engine/runtime.py`) compiles every phase with these shardings. On one device every spec collapses
+to replication, so the same code runs unchanged on a laptop, a GPU and a TPU pod slice.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
-
-from seal_jax.engine.inner import InnerConfig, vmapped_adapt
-from seal_jax.engine.sampling import SamplingConfig, vmapped_generate
 
 AXES = ("data", "fsdp", "tensor")
 
@@ -82,39 +78,3 @@ def adapter_sharding(mesh: Mesh) -> NamedSharding:
     Used as a pytree prefix, so K must be a multiple of the `data` axis size (`chunk_k` is padded to one).
     """
     return NamedSharding(mesh, PartitionSpec("data"))
-
-
-def place_base(mesh: Mesh, base: nnx.State) -> nnx.State:
-    """Moves the base weights onto `mesh` by `BASE_RULES`."""
-    return jax.device_put(base, base_shardings(mesh, base))
-
-
-def sharded_adapt_k(mesh: Mesh, graphdef: nnx.GraphDef, cfg: InnerConfig, base: nnx.State) -> Callable:
-    """jit(vmap(adapt)) on `mesh` with explicit shardings;
-    `(lora0, base, batches, schedule, hparams) -> (lora, stats)` (the schedule is replicated).
-
-    Build it once per run (it is a compiled-function cache); the adapter input is donated.
-    """
-    k_axis = adapter_sharding(mesh)
-    return jax.jit(
-        vmapped_adapt(graphdef, cfg, spmd_axis_name="data"),
-        in_shardings=(
-            k_axis,
-            base_shardings(mesh, base),
-            k_axis,
-            NamedSharding(mesh, PartitionSpec()),
-            k_axis,
-        ),
-        out_shardings=k_axis,
-        donate_argnums=(0,),
-    )
-
-
-def sharded_generate_k(mesh: Mesh, graphdef: nnx.GraphDef, cfg: SamplingConfig, base: nnx.State) -> Callable:
-    """generate_k on `mesh`: `(base, lora_k, prompts [K,B,P], lens [K,B], keys [K]) -> (tokens, lengths)`."""
-    k_axis = adapter_sharding(mesh)
-    return jax.jit(
-        vmapped_generate(graphdef, cfg, spmd_axis_name="data"),
-        in_shardings=(base_shardings(mesh, base), k_axis, k_axis, k_axis, k_axis),
-        out_shardings=k_axis,
-    )

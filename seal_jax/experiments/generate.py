@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from seal_jax.engine.text import format_chat, generate_texts, sampling_config
+from seal_jax.engine.text import format_chat, sampling_config
 from seal_jax.experiments import common
 
 
@@ -20,8 +20,6 @@ def run(cfg: Any) -> str:
     prompt = cfg.prompt
     if cfg.chat and model.tokenizer.chat_template:
         prompt = format_chat(model.tokenizer, [{"role": "user", "content": prompt}])
-    answer = generate_texts(
-        model.tokenizer, model.graphdef(), model.base, None, [prompt], sampling, cfg.seed
-    )[0]
+    answer = model.sample([prompt], sampling, cfg.seed)[0]
     print(answer)
     return answer

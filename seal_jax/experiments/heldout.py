@@ -10,8 +10,8 @@ import numpy as np
 from seal_jax.domains.base import Domain, Invalid, SelfEdit
 from seal_jax.engine.checkpoint import Journal
 from seal_jax.engine.evaluator import Evaluator
+from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.sampling import SamplingConfig
-from seal_jax.models.bundle import LoadedModel
 from seal_jax.restem import Item, evaluate_items, sample_self_edits, stable_seed
 
 
@@ -49,7 +49,7 @@ def evaluate_sampled(
     evaluator: Evaluator,
     domain: Domain,
     contexts: list[Any],
-    policy: LoadedModel,
+    policy: Runtime,
     samples: int,
     seeds: int,
     sampling: SamplingConfig,

@@ -16,11 +16,11 @@ from seal_jax.domains.knowledge.domain import KnowledgeDomain
 from seal_jax.domains.knowledge.grading import OfflineGrader, OpenAIJudge
 from seal_jax.engine.checkpoint import Journal
 from seal_jax.engine.evaluator import Evaluator
+from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.text import format_chat
 from seal_jax.errors import UserInputError, require_positive
 from seal_jax.experiments import common, heldout
 from seal_jax.experiments.workdir import open_workdir
-from seal_jax.models.bundle import LoadedModel
 from seal_jax.restem import Item, evaluate_items, run_restem, stable_seed
 
 
@@ -60,7 +60,7 @@ def grader(cfg: Any) -> Any:
     raise UserInputError(f"unknown grader {cfg.eval.grader!r}: expected 'offline' or 'judge'")
 
 
-def make_domain(cfg: Any, model: LoadedModel, train: list, evals: list) -> KnowledgeDomain:
+def make_domain(cfg: Any, model: Runtime, train: list, evals: list) -> KnowledgeDomain:
     chat = functools.partial(format_chat, model.tokenizer) if cfg.domain.chat else None
     with common.config_section("domain"):
         require_positive(
@@ -92,7 +92,7 @@ def evaluate_heldout(
     method: str,
     evaluator: Evaluator,
     domain: KnowledgeDomain,
-    policy: LoadedModel,
+    policy: Runtime,
     cfg: Any,
     journal: Journal,
 ) -> float:
@@ -127,7 +127,7 @@ def run(cfg: Any) -> dict[str, Any]:
     """ReST-EM on the knowledge domain with the held-out table; writes results.json and results.png."""
     train, evals = passages(cfg)  # bad data fails before the model loads
     model = common.load(cfg)
-    writer = common.load(cfg.replace(model=cfg.writer_model)) if cfg.writer_model else model
+    writer = common.load(cfg, cfg.writer_model) if cfg.writer_model else model
     domain = make_domain(cfg, writer, train, evals)
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
     restem_cfg = common.restem_config(cfg, writer)
@@ -147,19 +147,11 @@ def run(cfg: Any) -> dict[str, Any]:
                     "no RL",
                 ),
             ]
-        policy, stats = run_restem(
-            writer,
-            domain,
-            evaluator,
-            restem_cfg,
-            str(workdir),
-            {"config": cfg.to_json()},
-            policy_is_student=not cfg.writer_model,
-        )
+        stats = run_restem(writer, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()})
         rows.append(
             (
                 f"SEAL ({cfg.restem.rounds} rounds)",
-                evaluate_heldout("seal", evaluator, domain, policy, cfg, journal),
+                evaluate_heldout("seal", evaluator, domain, writer, cfg, journal),
                 "ReST-EM",
             )
         )

@@ -12,7 +12,7 @@ import importlib.util
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -99,9 +99,9 @@ def _stack(layers: list[np.ndarray], dtype: DTypeLike) -> np.ndarray:
     return np.stack(layers, out=np.empty((len(layers), *layers[0].shape), dtype))
 
 
-def _check_shape(source: str, name: str, array: np.ndarray, expected: tuple[int, ...]) -> None:
-    if array.shape != expected:
-        raise CheckpointError(f"{source}: {name} has shape {array.shape}, the config expects {expected}")
+def _check_shape(source: str, name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    if tuple(shape) != expected:
+        raise CheckpointError(f"{source}: {name} has shape {tuple(shape)}, the config expects {expected}")
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -127,44 +127,77 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _convert(
-    cfg: ModelConfig, tensors: Mapping[str, np.ndarray], field: str, source: str, dtype: DTypeLike
-) -> tuple[ModelConfig, Params]:
-    """Renames checkpoint tensors (`field` = "hf" or "gguf" naming, [out, in] orientation) to our layout.
+@dataclasses.dataclass(frozen=True)
+class CheckpointSource:
+    """A checkpoint opened lazily: its config, tokenizer, and a reader of any block of any parameter in our
+    layout, so a sharded model is filled shard by shard and no full copy of it ever sits in host memory.
 
-    Ties the head when the config says so or the checkpoint has none; rejects missing, unexpected and
-    mis-shaped tensors.
-    """
-    head = next(n for n in _NAMES if n.ours == "lm_head")
-    if getattr(head, field) not in tensors:
+    `tensors` maps a checkpoint key (`field` = "hf" or "gguf" naming) to a loader of that one tensor in the
+    checkpoint's own orientation ([out, in] for linear weights)."""
+
+    config: ModelConfig
+    tokenizer: Any
+    source: str
+    field: str
+    tensors: Mapping[str, Callable[[], np.ndarray]]
+
+    def read(
+        self, name: str, index: tuple[slice, ...] | None = None, dtype: DTypeLike = np.float32
+    ) -> np.ndarray:
+        """Block `index` (full when None) of parameter `name` (our layout), cast to `dtype`. A stacked parameter
+        loads only the layers its block covers, one at a time."""
+        spec = _BY_OURS[name]
+        shape = param_shapes(self.config)[name]
+        index = index or tuple(slice(None) for _ in shape)
+        template = getattr(spec, self.field)
+        if name == "lm_head" and self.config.tie_word_embeddings:
+            raise KeyError("lm_head is tied to embed")
+
+        def load(key: str) -> np.ndarray:
+            tensor = self.tensors[key]()
+            return tensor.T if spec.linear else tensor
+
+        if "{i}" not in template:
+            return np.ascontiguousarray(load(template)[index], dtype=dtype)
+        layers = range(shape[0])[index[0]]
+        rest = index[1:]
+        return _stack([load(template.format(i=i))[rest] for i in layers], dtype)
+
+    def params(self, dtype: DTypeLike = np.float32) -> Params:
+        """Every parameter, whole (tests, export and small models)."""
+        return {name: self.read(name, dtype=dtype) for name in param_shapes(self.config)}
+
+
+_BY_OURS = {n.ours: n for n in _NAMES}
+
+
+def _checked_config(
+    cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]], field: str, source: str
+) -> ModelConfig:
+    """`cfg` with the head tied when the checkpoint has none; rejects missing, unexpected and mis-shaped
+    tensors (`shapes`: checkpoint key -> shape in the checkpoint's orientation), before any weight is read."""
+    head = _BY_OURS["lm_head"]
+    if getattr(head, field) not in shapes:
         cfg = dataclasses.replace(cfg, tie_word_embeddings=True)
-    shapes = param_shapes(cfg)
     used: set[str] = set()
-    params: Params = {}
-
-    def take(key: str, linear: bool, shape: tuple[int, ...]) -> np.ndarray:
-        """The tensor in our orientation (a view), checked against our `shape`."""
-        if key not in tensors:
-            raise CheckpointError(f"{source} has no tensor {key!r}")
-        used.add(key)
-        _check_shape(source, key, tensors[key], shape[::-1] if linear else shape)
-        return tensors[key].T if linear else tensors[key]
-
-    for name in _NAMES:
-        if name.ours not in shapes:
-            continue
-        template, shape = getattr(name, field), shapes[name.ours]
-        if "{i}" in template:
-            layers = [take(template.format(i=i), name.linear, shape[1:]) for i in range(shape[0])]
-            params[name.ours] = _stack(layers, dtype)
-        else:
-            params[name.ours] = np.ascontiguousarray(take(template, name.linear, shape), dtype=dtype)
+    for name, shape in param_shapes(cfg).items():
+        spec = _BY_OURS[name]
+        template = getattr(spec, field)
+        layered = "{i}" in template
+        keys = [template.format(i=i) for i in range(shape[0])] if layered else [template]
+        expected = shape[1:] if layered else shape
+        expected = expected[::-1] if spec.linear else expected
+        for key in keys:
+            if key not in shapes:
+                raise CheckpointError(f"{source} has no tensor {key!r}")
+            _check_shape(source, key, shapes[key], tuple(expected))
+            used.add(key)
     if cfg.tie_word_embeddings:
         used.add(getattr(head, field))
-    unexpected = sorted(k for k in tensors if k not in used and not _IGNORED.fullmatch(k))
+    unexpected = sorted(k for k in shapes if k not in used and not _IGNORED.fullmatch(k))
     if unexpected:
         raise CheckpointError(f"{source} has tensors this config does not use: {', '.join(unexpected[:5])}")
-    return cfg, params
+    return cfg
 
 
 def params_to_hf(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -229,16 +262,51 @@ def read_hf_config(path: str | os.PathLike) -> ModelConfig:
         raise CheckpointError(f"{file} lacks the field {err}") from err
 
 
-def read_hf_checkpoint(path: str | os.PathLike, dtype: DTypeLike = np.float32) -> tuple[ModelConfig, Params]:
-    """(config, params in our layout) from an HF Llama/Qwen2 dir: config.json + one or many *.safetensors."""
+def _safetensors_index(files: list[Path]) -> tuple[dict[str, Path], dict[str, tuple[int, ...]]]:
+    """(key -> file, key -> shape) from the files' headers, without reading any tensor."""
+    where: dict[str, Path] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        try:
+            with safe_open(file, framework="np") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
+                    where[key] = file
+                    shapes[key] = tuple(f.get_slice(key).get_shape())
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"cannot read safetensors file {file}: {_one_line(err)}") from err
+    return where, shapes
+
+
+def _safetensors_loader(file: Path, key: str) -> Callable[[], np.ndarray]:
+    """Loads one tensor; the file is mapped only while it is read, so its pages leave the process's memory
+    right after (a whole-file mapping would keep every page read so far resident)."""
+
+    def load() -> np.ndarray:
+        try:
+            with safe_open(file, framework="np") as f:
+                return f.get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"cannot read {key} from {file}: {_one_line(err)}") from err
+
+    return load
+
+
+def open_hf_checkpoint(path: str | os.PathLike, tokenizer: bool = True) -> CheckpointSource:
+    """An HF Llama/Qwen2 dir (config.json + one or many *.safetensors), checked against its config and opened
+    lazily."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist: expected {HF_CHECKPOINT_FILES}")
-    cfg = read_hf_config(path)
-    tensors: dict[str, np.ndarray] = {}
-    for file in _safetensors_files(path):
-        tensors |= _read_safetensors(file)
-    return _convert(cfg, tensors, "hf", str(path), dtype)
+    where, shapes = _safetensors_index(_safetensors_files(path))
+    cfg = _checked_config(read_hf_config(path), shapes, "hf", str(path))
+    loaders = {key: _safetensors_loader(file, key) for key, file in where.items()}
+    return CheckpointSource(cfg, read_hf_tokenizer(path) if tokenizer else None, str(path), "hf", loaders)
+
+
+def read_hf_checkpoint(path: str | os.PathLike, dtype: DTypeLike = np.float32) -> tuple[ModelConfig, Params]:
+    """(config, params in our layout) from an HF Llama/Qwen2 dir: config.json + one or many *.safetensors."""
+    source = open_hf_checkpoint(path, tokenizer=False)
+    return source.config, source.params(dtype)
 
 
 def read_hf_tokenizer(path: str | os.PathLike) -> Any:
@@ -310,33 +378,48 @@ def _gguf_config(meta: Mapping[str, Any], tensor_names: Iterable[str], source: s
         raise CheckpointError(f"{source} lacks the GGUF metadata key {err}") from err
 
 
-def read_gguf(path: str | os.PathLike, dtype: DTypeLike = np.float32) -> tuple[ModelConfig, Params, Any]:
-    """(config, params in our layout, tokenizer) from a llama-architecture GGUF file.
-
-    Every tensor is dequantized (`gguf.quants.dequantize`); Q/K rows are un-permuted back to HF's order.
-    """
+def open_gguf(path: str | os.PathLike) -> CheckpointSource:
+    """A llama-architecture GGUF file, checked and opened lazily: each tensor is dequantized when read
+    (`gguf.quants.dequantize`), with Q/K rows un-permuted back to HF's order."""
     source = str(path)
     if not Path(path).is_file():
         raise CheckpointError(f"GGUF file {source} does not exist")
     try:
         reader = _PlainReader(path)
-    except (ValueError, OSError) as err:
-        raise CheckpointError(f"cannot read GGUF file {source}: {_one_line(err)}") from err
-    meta = {name: field.contents() for name, field in reader.fields.items()}
+        meta = {name: field.contents() for name, field in reader.fields.items()}
+    except (ValueError, OSError, IndexError, KeyError, TypeError) as err:
+        raise CheckpointError(
+            f"cannot read GGUF file {source}: {_one_line(err) or type(err).__name__}"
+        ) from err
     cfg = _gguf_config(meta, [t.name for t in reader.tensors], source)
-    tensors = {}
-    for t in reader.tensors:
-        array = gguf.quants.dequantize(t.data, t.tensor_type)
-        permuted = _PERMUTED_GGUF.fullmatch(t.name)
-        if permuted:
-            array = unpermute_qk(array, cfg.num_heads if permuted[1] == "q" else cfg.num_kv_heads)
-        tensors[t.name] = array
-    cfg, params = _convert(cfg, tensors, "gguf", source, dtype)
+    by_name = {t.name: t for t in reader.tensors}
+    # GGUF lists dimensions innermost first: a [rows, columns] tensor has shape (columns, rows).
+    cfg = _checked_config(
+        cfg, {n: tuple(int(d) for d in t.shape[::-1]) for n, t in by_name.items()}, "gguf", source
+    )
+
+    def loader(name: str) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            t = by_name[name]
+            array = gguf.quants.dequantize(t.data, t.tensor_type)
+            permuted = _PERMUTED_GGUF.fullmatch(name)
+            if permuted:
+                array = unpermute_qk(array, cfg.num_heads if permuted[1] == "q" else cfg.num_kv_heads)
+            return array
+
+        return load
+
     try:
         tokenizer = gguf_tokenizer(meta)
     except (TokenizerMetadataError, KeyError) as err:
         raise CheckpointError(f"{source}: {_one_line(err)}") from err
-    return cfg, params, tokenizer
+    return CheckpointSource(cfg, tokenizer, source, "gguf", {name: loader(name) for name in by_name})
+
+
+def read_gguf(path: str | os.PathLike, dtype: DTypeLike = np.float32) -> tuple[ModelConfig, Params, Any]:
+    """(config, params in our layout, tokenizer) from a llama-architecture GGUF file."""
+    source = open_gguf(path)
+    return source.config, source.params(dtype), source.tokenizer
 
 
 # ------------------------------------------------------------------------------------------ load_pretrained
@@ -355,24 +438,23 @@ def embedded_gguf_path(name: str) -> Path:
     return file
 
 
-def load_pretrained(name_or_path: str | os.PathLike, dtype: DTypeLike = jnp.float32) -> Pretrained:
-    """Loads an embedded model by name (`EMBEDDED`), a `.gguf` file, or an HF checkpoint dir.
-
-    Params are numpy arrays of `dtype`.
-    """
-    dtype = np.dtype(dtype)
+def open_checkpoint(name_or_path: str | os.PathLike) -> CheckpointSource:
+    """Opens an embedded model by name (`EMBEDDED`), a `.gguf` file, or an HF checkpoint dir, lazily."""
     path = embedded_gguf_path(name_or_path) if name_or_path in EMBEDDED else Path(name_or_path)
     if path.suffix == ".gguf":
-        cfg, params, tokenizer = read_gguf(path, dtype)
-    elif path.is_dir():
-        cfg, params = read_hf_checkpoint(path, dtype)
-        tokenizer = read_hf_tokenizer(path)
-    else:
-        raise CheckpointError(
-            f"no checkpoint at {path}: expected one of {sorted(EMBEDDED)}, a .gguf file, or a directory with "
-            f"{HF_CHECKPOINT_FILES}"
-        )
-    return Pretrained(config=cfg, params=params, tokenizer=tokenizer, source=str(path))
+        return open_gguf(path)
+    if path.is_dir():
+        return open_hf_checkpoint(path)
+    raise CheckpointError(
+        f"no checkpoint at {path}: expected one of {sorted(EMBEDDED)}, a .gguf file, or a directory with "
+        f"{HF_CHECKPOINT_FILES}"
+    )
+
+
+def load_pretrained(name_or_path: str | os.PathLike, dtype: DTypeLike = jnp.float32) -> Pretrained:
+    """Loads a checkpoint (`open_checkpoint`) whole: params are numpy arrays of `dtype`."""
+    source = open_checkpoint(name_or_path)
+    return Pretrained(source.config, source.params(np.dtype(dtype)), source.tokenizer, source.source)
 
 
 # ------------------------------------------------------------------------------------------------------ PEFT
@@ -475,7 +557,7 @@ def import_peft(path: str | os.PathLike, cfg: ModelConfig) -> tuple[LoraConfig, 
                 raise CheckpointError(f"{weights_file} has no tensor {missing[0]!r}")
             used.update(keys)
             params[f"lora/{t}/{ab}"] = _stack([tensors[k].T for k in keys], tensors[keys[0]].dtype)
-            _check_shape(str(weights_file), f"lora/{t}/{ab}", params[f"lora/{t}/{ab}"], shape)
+            _check_shape(str(weights_file), f"lora/{t}/{ab}", params[f"lora/{t}/{ab}"].shape, shape)
     unexpected = sorted(set(tensors) - used)
     if unexpected:
         raise CheckpointError(f"{weights_file} has tensors outside {lora_cfg}: {', '.join(unexpected[:5])}")

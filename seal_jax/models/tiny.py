@@ -37,7 +37,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_model(name: str) -> tuple[ModelConfig, nnx.State, Any]:
-    """`tiny-random-{llama,qwen2}[:seed]` -> (config, random base state, byte tokenizer)."""
+    """`tiny-random-{llama,qwen2}[:seed]` -> (config, random f32 base state, byte tokenizer)."""
     arch, _, seed = name.removeprefix("tiny-random-").partition(":")
     cfg = tiny_config(arch, vocab_size=len(SPECIAL_TOKENS) + 256)
     model = Transformer(cfg, rngs=nnx.Rngs(int(seed or 0)))

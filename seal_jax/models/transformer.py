@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,16 @@ REMAT_POLICIES = {
     "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 LayerSlices = tuple[tuple[dict[str, Array], dict[str, tuple[Array, Array]]], ...]
+# Which kernels the model's program uses. "xla_cpu": the XLA:CPU workarounds (row sums as matrix-vector products
+# in the norm and softmax backwards, bf16 weights sliced as uint16 bits in the layer scan, an optimization barrier
+# in prefill attention), each measured faster on XLA:CPU (docs/design.md). "plain": the model as written, for
+# TPU and GPU, whose compilers need none of them. `kernels_for` picks by platform.
+Kernels = Literal["xla_cpu", "plain"]
+
+
+def kernels_for(platform: str) -> Kernels:
+    """The kernel set for a device platform ("cpu", "tpu", "gpu"/"cuda"/"rocm")."""
+    return "xla_cpu" if platform == "cpu" else "plain"
 
 
 @jax.tree_util.register_dataclass
@@ -94,9 +104,13 @@ def row_dot(a: Array, b: Array) -> Array:
     return (a * b) @ jnp.ones((a.shape[-1], 1), a.dtype)
 
 
+def rms_norm(x: Array, weight: Array, eps: float, kernels: Kernels = "plain") -> Array:
+    """RMSNorm over the last axis, computed in f32; with "xla_cpu" kernels its backward reduces with `row_dot`."""
+    return _rms_norm_cpu(x, weight, eps) if kernels == "xla_cpu" else _rms_norm_fwd(x, weight, eps)[0]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def rms_norm(x: Array, weight: Array, eps: float) -> Array:
-    """RMSNorm over the last axis, computed in f32 (its backward reduces with `row_dot`)."""
+def _rms_norm_cpu(x: Array, weight: Array, eps: float) -> Array:
     return _rms_norm_fwd(x, weight, eps)[0]
 
 
@@ -115,12 +129,16 @@ def _rms_norm_bwd(eps: float, res: tuple[Array, Array, Array], g: Array) -> tupl
     return dx.astype(x.dtype), dweight.astype(weight.dtype)
 
 
-rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+_rms_norm_cpu.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
+def softmax(x: Array, kernels: Kernels = "plain") -> Array:
+    """Softmax over the last axis; with "xla_cpu" kernels its backward reduces with `row_dot`."""
+    return _softmax_cpu(x) if kernels == "xla_cpu" else jax.nn.softmax(x, axis=-1)
 
 
 @jax.custom_vjp
-def softmax(x: Array) -> Array:
-    """Softmax over the last axis (its backward reduces with `row_dot`)."""
+def _softmax_cpu(x: Array) -> Array:
     return _softmax_fwd(x)[0]
 
 
@@ -133,7 +151,7 @@ def _softmax_bwd(y: Array, g: Array) -> tuple[Array]:
     return (y * (g - row_dot(y, g)),)
 
 
-softmax.defvjp(_softmax_fwd, _softmax_bwd)
+_softmax_cpu.defvjp(_softmax_fwd, _softmax_bwd)
 
 
 def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
@@ -184,11 +202,13 @@ def _as_bits(w: Array) -> Array:
     return jax.lax.bitcast_convert_type(w, jnp.uint16) if w.dtype == jnp.bfloat16 else w
 
 
-def with_layer_bits(base: nnx.State) -> nnx.State:
+def with_layer_bits(base: nnx.State, kernels: Kernels) -> nnx.State:
     """`base` with its stacked bf16 layer weights as uint16 bits, for a loop that runs the training forward at
     every step: the layer scan takes them as they are. Else each step copies all of them (270 MB for
     SmolLM2-135M; 2.6% of a K=9 × 48 step's kernel time, 3-5% of a K=1 step's wall time), since XLA does not
     hoist the conversion out of the step's `lax.switch` branch."""
+    if kernels != "xla_cpu":
+        return base
     return jax.tree_util.tree_map_with_path(
         lambda path, w: _as_bits(w) if path[0] == jax.tree_util.DictKey("layers") else w, base
     )
@@ -210,7 +230,9 @@ def _project(
     return y
 
 
-def _attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, dtype: Any) -> Array:
+def _attention(
+    q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, dtype: Any, kernels: Kernels
+) -> Array:
     """Causal GQA attention. q: [B,T,Hq,hd], k/v: [B,S,Hkv,hd], q_pos [B,T], k_pos [B,S] -> f32 [B,T,Hq*hd].
 
     A key is visible to a query when 0 <= k_pos <= q_pos (negative positions mark padding and empty slots).
@@ -223,7 +245,7 @@ def _attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array, dtype: 
     k_pos = k_pos[:, None, None, None, :]
     mask = (k_pos >= 0) & (k_pos <= q_pos[:, None, None, :, None])
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = softmax(scores)
+    probs = softmax(scores, kernels)
     out = matmul_einsum("bkgts,bskd->btkgd", probs, v, dtype)
     return out.reshape(b, t, hq * hd)
 
@@ -252,12 +274,13 @@ def _decoder_layer(
     sin: Array,
     positions: Array,
     cache: tuple[Array, Array, Array, Array] | None,
+    kernels: Kernels,
 ) -> tuple[Array, tuple[Array, Array] | None]:
     """One pre-norm decoder block. x: [B, T, D]; cache: None, or this layer's (k, v) (see `KVCache`), the
     slots' positions [B, S] (already holding `positions`) and the first slot to write, a shared scalar: the new
     keys/values go to slots [write_at, write_at + T) in place, and the updated (k, v) are returned."""
     b, t, _ = x.shape
-    h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
+    h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps, kernels)
     q = _project(h, w, lora, "q", scale)
     k = _project(h, w, lora, "k", scale)
     v = _project(h, w, lora, "v", scale)
@@ -267,24 +290,30 @@ def _decoder_layer(
     k = apply_rope(k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim), cos, sin)
     v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     if cache is None:
-        attn, new_cache = _attention(q, k, v, positions, positions, w["wq"].dtype), None
+        attn, new_cache = _attention(q, k, v, positions, positions, w["wq"].dtype, kernels), None
     else:
-        attn, new_cache = _cached_attention(q, k, v, positions, cache, w["wq"].dtype)
+        attn, new_cache = _cached_attention(q, k, v, positions, cache, w["wq"].dtype, kernels)
     x = x + _project(attn, w, lora, "o", scale)
-    h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
+    h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps, kernels)
     gated = jax.nn.silu(_project(h, w, lora, "gate", scale)) * _project(h, w, lora, "up", scale)
     return x + _project(gated, w, lora, "down", scale), new_cache
 
 
 def _cached_attention(
-    q: Array, k: Array, v: Array, positions: Array, cache: tuple[Array, Array, Array, Array], dtype: Any
+    q: Array,
+    k: Array,
+    v: Array,
+    positions: Array,
+    cache: tuple[Array, Array, Array, Array],
+    dtype: Any,
+    kernels: Kernels,
 ) -> tuple[Array, tuple[Array, Array]]:
     """Writes k/v [B,T,Hkv,hd] to slots [write_at, write_at + T) of the layer's cache (k, v as in `KVCache`, the
     slots' positions [B,S], write_at) in place, then attends over it. -> (f32 [B,T,Hq*hd], the updated (k, v)).
 
     A prompt (T > 1) attends with `dtype` operands, as in training, over the cache turned back to
-    [B, S, Hkv, hd]; the barrier keeps XLA from folding that transpose into the dots, which would send bf16
-    operands to a dot kernel XLA:CPU lacks for them."""
+    [B, S, Hkv, hd]; with "xla_cpu" kernels a barrier keeps XLA from folding that transpose into the dots,
+    which would send bf16 operands to a dot kernel XLA:CPU lacks for them."""
     k_cache, v_cache, k_pos, write_at = cache
     b, t, hkv, hd = k.shape
     k_all = jax.lax.dynamic_update_slice(
@@ -297,8 +326,10 @@ def _cached_attention(
         return _decode_attention(q, k_all, v_all, positions, k_pos), (k_all, v_all)
     k_seq = k_all.reshape(b, hkv, hd, -1).transpose(0, 3, 1, 2)  # back to [B, S, Hkv, hd] for a prompt
     v_seq = v_all.reshape(b, hkv, -1, hd).transpose(0, 2, 1, 3)
-    k_seq, v_seq = jax.lax.optimization_barrier((k_seq.astype(dtype), v_seq.astype(dtype)))
-    return _attention(q, k_seq, v_seq, positions, k_pos, dtype), (k_all, v_all)
+    k_seq, v_seq = k_seq.astype(dtype), v_seq.astype(dtype)
+    if kernels == "xla_cpu":
+        k_seq, v_seq = jax.lax.optimization_barrier((k_seq, v_seq))
+    return _attention(q, k_seq, v_seq, positions, k_pos, dtype, kernels), (k_all, v_all)
 
 
 class LoraPair(nnx.Module):
@@ -346,10 +377,17 @@ class Transformer(nnx.Module):
     """Decoder-only LM. `__call__` returns final hidden states; `logits` applies the (tied) head."""
 
     def __init__(
-        self, cfg: ModelConfig, *, lora: LoraConfig | None = None, rngs: nnx.Rngs, dtype: Any = jnp.float32
+        self,
+        cfg: ModelConfig,
+        *,
+        lora: LoraConfig | None = None,
+        rngs: nnx.Rngs,
+        dtype: Any = jnp.float32,
+        kernels: Kernels | None = None,
     ):
         self.config = cfg
         self.lora_config = lora
+        self.kernels = kernels or kernels_for(jax.default_backend())
         self.embed = nnx.Param(
             nnx.initializers.normal(0.02)(rngs.params(), (cfg.vocab_size, cfg.hidden_size), dtype)
         )
@@ -384,19 +422,22 @@ class Transformer(nnx.Module):
         angles = jnp.concatenate([angles, angles], axis=-1)
         cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
         scale = self.lora_config.scale if self.lora_config is not None else 0.0
+        kernels = self.kernels
 
         if cache is None:
 
             def body(x: Array, layer: tuple) -> tuple[Array, None]:
                 w, lw = layer
                 w = jax.tree.map(_from_bits, w)
-                return _decoder_layer(cfg, scale, x, w, lw, cos, sin, positions, None)[0], None
+                return _decoder_layer(cfg, scale, x, w, lw, cos, sin, positions, None, kernels)[0], None
 
             if remat is not None:
                 body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
             weights, lora_weights = self._stacked_layers()
-            x, _ = jax.lax.scan(body, x, (jax.tree.map(_as_bits, weights), lora_weights))
-            return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), None
+            if kernels == "xla_cpu":
+                weights = jax.tree.map(_as_bits, weights)
+            x, _ = jax.lax.scan(body, x, (weights, lora_weights))
+            return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps, kernels), None
 
         slot_positions = jax.lax.dynamic_update_slice(
             cache.positions, positions.astype(jnp.int32), (0, write_at)
@@ -404,11 +445,11 @@ class Transformer(nnx.Module):
         new_k, new_v = [], []
         for i, (w, lw) in enumerate(layers or self.layer_slices()):
             layer_cache = (cache.k[i], cache.v[i], slot_positions, write_at)
-            x, (k, v) = _decoder_layer(cfg, scale, x, w, lw, cos, sin, positions, layer_cache)
+            x, (k, v) = _decoder_layer(cfg, scale, x, w, lw, cos, sin, positions, layer_cache, kernels)
             new_k.append(k)
             new_v.append(v)
         new_cache = KVCache(tuple(new_k), tuple(new_v), slot_positions)
-        return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), new_cache
+        return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps, kernels), new_cache
 
     def _stacked_layers(self) -> tuple[dict[str, Array], dict[str, tuple[Array, Array]]]:
         """(base weights, LoRA (a, b) per adapted target), every leaf stacked on a leading L axis."""
@@ -433,21 +474,12 @@ class Transformer(nnx.Module):
         return weight_dot(hidden, self.head())
 
     @classmethod
-    def from_params(
-        cls,
-        cfg: ModelConfig,
-        params: dict[str, Any],
-        *,
-        lora: LoraConfig | None = None,
-        seed: int = 0,
-        dtype: Any = None,
-    ) -> Transformer:
-        """A model holding `params` (flat layout of `loading.py`); LoRA, if any, is freshly initialized."""
-        dtype = dtype or np.asarray(params["embed"]).dtype
-        model = cls(cfg, lora=lora, rngs=nnx.Rngs(seed), dtype=dtype)
-        graphdef, lora_state, base = nnx.split(model, nnx.LoRAParam, nnx.Param)
+    def from_params(cls, cfg: ModelConfig, params: dict[str, Any]) -> Transformer:
+        """A LoRA-free model holding `params` (flat layout of `loading.py`), built without random init."""
+        dtype = np.asarray(params["embed"]).dtype
+        graphdef, base = nnx.split(nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0), dtype=dtype)), nnx.Param)
         nnx.replace_by_pure_dict(base, unflatten(params))
-        return nnx.merge(graphdef, lora_state, base)
+        return nnx.merge(graphdef, base)
 
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
@@ -463,9 +495,10 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 @functools.cache
-def graphdef_for(cfg: ModelConfig, lora: LoraConfig | None) -> nnx.GraphDef:
-    """The (static) graph definition of a model with this config, built without allocating weights."""
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, lora=lora, rngs=nnx.Rngs(0)))
+def graphdef_for(cfg: ModelConfig, lora: LoraConfig | None, kernels: Kernels | None = None) -> nnx.GraphDef:
+    """The (static) graph definition of a model with this config, built without allocating weights; `kernels`
+    defaults to the default backend's (`kernels_for`)."""
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, lora=lora, rngs=nnx.Rngs(0), kernels=kernels))
     return nnx.split(abstract, nnx.LoRAParam, nnx.Param)[0]
 
 
