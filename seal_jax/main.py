@@ -88,16 +88,15 @@ def _lost_peer_reason(lines: Sequence[bytes]) -> str:
     return " ".join(status.split()) or "no status"
 
 
-def _supervise(argv: list[str]) -> NoReturn:
-    """Runs this same command as a child process and exits with its status, echoing its stderr; when the child
-    was ended by the distributed runtime because another process is gone, the last line says so.
+def supervise(command: list[str]) -> int:
+    """Runs `command` (with `SEAL_JAX_SUPERVISED=1`) as a child, echoing its stderr, and returns the exit status
+    to report: the child's, or 1 with a last line saying so when the distributed runtime ended the child because
+    another process is gone.
 
-    The runtime aborts the child from a C++ thread (no Python exception to catch), hence a parent that outlives it.
-    """
+    The runtime aborts the process from a C++ thread (no Python exception to catch), hence a parent that
+    outlives it."""
     env = {**os.environ, _SUPERVISED_ENV: "1"}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "seal_jax.main", *argv[1:]], env=env, stderr=subprocess.PIPE
-    )
+    child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
     signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child directly (same process group)
     tail: collections.deque[bytes] = collections.deque(maxlen=200)  # the runtime's last words
@@ -111,8 +110,8 @@ def _supervise(argv: list[str]) -> NoReturn:
             f"error: lost contact with another process ({_lost_peer_reason(list(tail))[:300]})",
             file=sys.stderr,
         )
-        sys.exit(1)
-    sys.exit(status if status >= 0 else 128 - status)
+        return 1
+    return status if status >= 0 else 128 - status
 
 
 def main(argv: list[str]) -> None:
@@ -127,7 +126,7 @@ def main(argv: list[str]) -> None:
     except UserInputError as err:
         _exit_bad_input(str(err))
     if settings.mode != "off" and not os.environ.get(_SUPERVISED_ENV):
-        _supervise(sys.argv)
+        sys.exit(supervise([sys.executable, "-m", "seal_jax.main", *sys.argv[1:]]))
     del argv
     setup_jax(cfg)
     try:

@@ -89,6 +89,8 @@ import json
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from seal_jax.engine.distributed import _process_block
+
 checks = {"count": distributed.process_count(), "primary": distributed.is_primary()}
 checks["broadcast"] = distributed.broadcast_json({"from": jax.process_index(), "items": list(range(300)), "s": "é"})
 host = np.arange(8 * 6 * 4, dtype=np.float32).reshape(8, 6, 4)  # the same on every process
@@ -98,6 +100,8 @@ for shape in [(8, 1, 1), (4, 2, 1)]:
         sharding = NamedSharding(mesh, spec)
         x = distributed.global_array(host, sharding)
         doubled = jax.jit(lambda a: 2 * a, out_shardings=sharding)(x)
+        block = _process_block(host.shape, sharding)
+        checks[f"block {shape} {spec}"] = [b.indices(n)[:2] for b, n in zip(block, host.shape)]
         checks[f"{shape} {spec}"] = [
             x.is_fully_addressable,
             all(np.array_equal(np.asarray(s.data), host[s.index]) for s in x.addressable_shards),
@@ -124,10 +128,16 @@ def test_broadcast_and_host_global_round_trips_on_two_processes(tmp_path):
     assert len(layouts) == 8
     for key in layouts:  # spans both processes, each shard is its block, and the host sees the whole array
         assert first[key] == second[key] == [False, True, True, True], key
+    # each process passes only the rows (and, split over fsdp, the columns) its devices hold
+    for layout in ["(8, 1, 1) P('data',)", "(4, 2, 1) P('data', 'fsdp')"]:
+        assert first[f"block {layout}"] == [[0, 4], [0, 6], [0, 4]]
+        assert second[f"block {layout}"] == [[4, 8], [0, 6], [0, 4]]
+    assert first["block (4, 2, 1) P()"] == second["block (4, 2, 1) P()"] == [[0, 8], [0, 6], [0, 4]]
 
 
 IO = """
 import json
+from pathlib import Path
 
 import ml_collections
 import numpy as np
