@@ -16,7 +16,19 @@ def common() -> ml_collections.ConfigDict:
     cfg.writer_model = ""  # teacher-student: a separate self-edit writer ("" = the policy adapts itself)
     cfg.dtype = "bfloat16"  # base weights; matmuls take bf16 operands with f32 accumulation, activations f32
     cfg.num_cpu_devices = 0  # >0: fake CPU devices (sharding tests)
-    cfg.distributed = False  # multi-host: jax.distributed.initialize()
+    # Several processes (hosts) in one run: mode "off" | "auto" (TPU pod slices, SLURM: jax.distributed finds the
+    # cluster) | "explicit" (coordinator_address "host:port", num_processes and this process's process_id, e.g.
+    # GPU hosts). A peer silent for heartbeat_timeout seconds ends every process (engine/distributed.py).
+    cfg.distributed = ml_collections.ConfigDict(
+        {
+            "mode": "off",
+            "coordinator_address": "",
+            "num_processes": 1,
+            "process_id": 0,
+            "initialization_timeout": 300,
+            "heartbeat_timeout": 60,
+        }
+    )
     cfg.compilation_cache_dir = ""
     cfg.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     return cfg

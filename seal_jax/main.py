@@ -6,8 +6,12 @@ Thin by design (all logic is importable from a notebook): parse the ml_collectio
 
 from __future__ import annotations
 
+import collections
 import os
+import signal
+import subprocess
 import sys
+from collections.abc import Sequence
 from typing import NoReturn
 
 import ml_collections
@@ -19,14 +23,25 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 
 
+# Set in the child that `_supervise` starts, so that it runs the experiment instead of supervising again.
+_SUPERVISED_ENV = "SEAL_JAX_SUPERVISED"
+# What the JAX distributed runtime prints (then aborts) once a peer stopped sending heartbeats or the coordinator
+# is gone: the process cannot catch it, so its supervising parent reads it.
+_LOST_PEER_MARKER = b"the JAX distributed service detected fatal errors"
+
+
 def setup_jax(cfg) -> None:
-    """Compilation cache, optional multi-host init and CPU device count, from the config."""
+    """CPU device count, multi-process init (`cfg.distributed`) and compilation cache, from the config. Processes
+    other than process 0 log warnings and errors only, so the user reads one copy of the progress."""
     import jax
+
+    from seal_jax.engine import distributed
 
     if cfg.get("num_cpu_devices"):
         jax.config.update("jax_num_cpu_devices", int(cfg.num_cpu_devices))
-    if cfg.get("distributed", False):
-        jax.distributed.initialize()
+    distributed.initialize(cfg.get("distributed", {}))
+    if not distributed.is_primary():
+        logging.set_verbosity(logging.WARNING)
     cache = cfg.get("compilation_cache_dir") or os.path.expanduser("~/.cache/seal_jax/jax")
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -61,14 +76,59 @@ def _exit_bad_input(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def _lost_peer_reason(lines: Sequence[bytes]) -> str:
+    """The status the distributed runtime printed after `_LOST_PEER_MARKER` (it spans lines), as one line."""
+    start = next(i for i, line in enumerate(lines) if _LOST_PEER_MARKER in line)
+    status = lines[start].decode(errors="replace").partition("absl::Status:")[2]
+    for line in lines[start + 1 : start + 4]:  # e.g. "...(stopped sending heartbeats):" then the task ids
+        text = line.decode(errors="replace").strip()
+        if not text or text.startswith("RPC:"):
+            break
+        status += " " + text
+    return " ".join(status.split()) or "no status"
+
+
+def supervise(command: list[str]) -> int:
+    """Runs `command` (with `SEAL_JAX_SUPERVISED=1`) as a child, echoing its stderr, and returns the exit status
+    to report: the child's, or 1 with a last line saying so when the distributed runtime ended the child because
+    another process is gone.
+
+    The runtime aborts the process from a C++ thread (no Python exception to catch), hence a parent that
+    outlives it."""
+    env = {**os.environ, _SUPERVISED_ENV: "1"}
+    child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child directly (same process group)
+    tail: collections.deque[bytes] = collections.deque(maxlen=200)  # the runtime's last words
+    for line in child.stderr:
+        sys.stderr.buffer.write(line)
+        sys.stderr.buffer.flush()
+        tail.append(line)
+    status = child.wait()
+    if status != 0 and any(_LOST_PEER_MARKER in line for line in tail):
+        print(
+            f"error: lost contact with another process ({_lost_peer_reason(list(tail))[:300]})",
+            file=sys.stderr,
+        )
+        return 1
+    return status if status >= 0 else 128 - status
+
+
 def main(argv: list[str]) -> None:
-    del argv
     cfg = _load_config()
     if cfg is None:
         raise app.UsageError("--config is required, e.g. --config configs/knowledge_demo.py")
-    setup_jax(cfg)
+    from seal_jax.engine import distributed
     from seal_jax.errors import UserInputError
 
+    try:
+        settings = distributed.parse_settings(cfg.get("distributed", {}))
+    except UserInputError as err:
+        _exit_bad_input(str(err))
+    if settings.mode != "off" and not os.environ.get(_SUPERVISED_ENV):
+        sys.exit(supervise([sys.executable, "-m", "seal_jax.main", *sys.argv[1:]]))
+    del argv
+    setup_jax(cfg)
     try:
         run(cfg)
     except UserInputError as err:

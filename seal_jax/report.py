@@ -1,11 +1,16 @@
-"""Result tables, JSON and plots."""
+"""Result tables, JSON and plots. Files are written by process 0 only (every process may call these)."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from etils import epath
+
+from seal_jax.engine import distributed
+from seal_jax.engine.checkpoint import write_atomically
 
 
 def format_table(rows: Sequence[tuple[str, float, str]], title: str) -> str:
@@ -16,14 +21,26 @@ def format_table(rows: Sequence[tuple[str, float, str]], title: str) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: str | Path, payload: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+def write_file(path: str | os.PathLike, data: str | bytes) -> None:
+    """Writes `data` to `path` (local or `gs://`) on process 0 only, replacing the file atomically; the other
+    processes return at once. For any file of a run besides the journal and checkpoints."""
+    if distributed.is_primary():
+        write_atomically(path, data)
+
+
+def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    write_file(path, json.dumps(payload, indent=1) + "\n")
 
 
 def plot_results(
-    path: str | Path, rows: Sequence[tuple[str, float, str]], rounds: Sequence[dict[str, Any]], title: str
+    path: str | os.PathLike,
+    rows: Sequence[tuple[str, float, str]],
+    rounds: Sequence[dict[str, Any]],
+    title: str,
 ) -> None:
-    """Held-out accuracy per method (bars) and the ReST-EM reward per round (lines), one PNG."""
+    """Held-out accuracy per method (bars) and the ReST-EM reward per round (lines), one PNG (process 0 only)."""
+    if not distributed.is_primary():
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,5 +61,6 @@ def plot_results(
     right.set_ylabel("train reward (%)")
     right.set_title("reward per round")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with epath.Path(path).open("wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)

@@ -1,7 +1,9 @@
-"""The run directory: one process at a time, and only the config its finished work came from.
+"""The run directory: one run at a time, and only the config its finished work came from.
 
 `open_workdir` is entered once a run's settings and data are known to be good, so a run that fails on bad input
-leaves nothing behind that would block the corrected command.
+leaves nothing behind that would block the corrected command. With several processes every one enters it; process
+0 alone locks and checks the directory, and its verdict (a refusal included) reaches every process. The workdir
+may be local or `gs://...`; an object store has no lock, so there nothing keeps a second run out.
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ from typing import Any
 
 import jax
 from absl import logging
+from etils import epath
 
-from seal_jax.engine.checkpoint import write_atomically
+from seal_jax.engine import distributed
+from seal_jax.engine.checkpoint import is_local, write_atomically
 from seal_jax.errors import UserInputError
 
-# Where a run lives and caches its compilations: not what it computes, so a moved run directory still resumes.
-_NOT_COMPARED = ("workdir", "compilation_cache_dir")
+# Where a run lives, caches its compilations and how its processes meet: not what it computes, so a moved run
+# directory still resumes (and each process's distributed.process_id differs).
+_NOT_COMPARED = ("workdir", "compilation_cache_dir", "distributed")
 _ENTRIES_ARE_DIRS = {"journal": True, "checkpoints": True, "config.json": False}
 
 
-def _unusable(workdir: Path, why: object) -> UserInputError:
+def _unusable(workdir: epath.Path, why: object) -> UserInputError:
     return UserInputError(f"cannot use {workdir} as a run directory ({why})")
 
 
@@ -46,22 +51,26 @@ def changed_settings(previous: dict[str, Any], current: dict[str, Any]) -> list[
     )
 
 
-def holds_work(workdir: Path) -> bool:
+def holds_work(workdir: epath.Path) -> bool:
     """Whether a journal line or a round checkpoint has been written."""
     journals = (workdir / "journal").glob("*.jsonl")
     checkpoints = workdir / "checkpoints"
-    return any(p.stat().st_size for p in journals) or (checkpoints.is_dir() and any(checkpoints.iterdir()))
+    return any(p.stat().length for p in journals) or (checkpoints.is_dir() and any(checkpoints.iterdir()))
 
 
 @contextlib.contextmanager
-def _locked(workdir: Path) -> Iterator[None]:
+def _locked(workdir: epath.Path) -> Iterator[None]:
     """Creates `workdir` and holds an exclusive lock on it for the block (released when the block ends or the
-    process dies)."""
+    process dies). Only a local directory can be locked."""
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        handle = (workdir / ".lock").open("w")
+        handle = (Path(workdir) / ".lock").open("w") if is_local(workdir) else None
     except OSError as err:
         raise _unusable(workdir, err) from None
+    if handle is None:
+        logging.warning("no lock is held on %s: nothing stops another run from using it", workdir)
+        yield
+        return
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -72,7 +81,7 @@ def _locked(workdir: Path) -> Iterator[None]:
         yield
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: epath.Path) -> dict[str, Any] | None:
     """The JSON object in `path`; None (logged) when the file cannot be read or holds no object."""
     try:
         value = json.loads(path.read_text())
@@ -85,7 +94,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return value
 
 
-def _check_devices(workdir: Path, has_work: bool) -> None:
+def _check_devices(workdir: epath.Path, has_work: bool) -> None:
     """Warns when a run resumes on another device count: its partly finished chunks may then differ from an
     uninterrupted run's at float rounding (the mesh shapes the programs)."""
     record = workdir / "devices.json"
@@ -98,21 +107,26 @@ def _check_devices(workdir: Path, has_work: bool) -> None:
 
 
 @contextlib.contextmanager
-def open_workdir(cfg: Any) -> Iterator[Path]:
+def open_workdir(cfg: Any) -> Iterator[epath.Path]:
     """Creates `cfg.workdir`, locks it for the block and records the config. Finished work (journal lines,
     checkpoints) may only be resumed with the config that made it: a different one, or an unreadable or missing
     `config.json` next to finished work, is a one-line error. Without finished work the new config replaces
-    the old."""
-    workdir = Path(cfg.workdir)
-    with _locked(workdir):
-        try:
-            _record_config(workdir, cfg)
-        except OSError as err:
-            raise _unusable(workdir, err) from None
+    the old. Every process must enter it; process 0 does the work and every process raises its refusal."""
+    workdir = epath.Path(cfg.workdir)
+    with contextlib.ExitStack() as lock:
+
+        def prepare() -> None:
+            lock.enter_context(_locked(workdir))
+            try:
+                _record_config(workdir, cfg)
+            except OSError as err:
+                raise _unusable(workdir, err) from None
+
+        distributed.on_primary(prepare)
         yield workdir
 
 
-def _record_config(workdir: Path, cfg: Any) -> None:
+def _record_config(workdir: epath.Path, cfg: Any) -> None:
     for entry, is_dir in _ENTRIES_ARE_DIRS.items():  # the wrong kind of entry fails here, not mid-run
         path = workdir / entry
         if path.exists() and path.is_dir() != is_dir:
