@@ -356,10 +356,14 @@ def embedded_gguf_path(name: str) -> Path:
 
 
 def load_pretrained(name_or_path: str | os.PathLike, dtype: DTypeLike = jnp.float32) -> Pretrained:
-    """Loads an embedded model by name (`EMBEDDED`), a `.gguf` file, or an HF checkpoint dir.
+    """Loads an embedded model by name (`EMBEDDED`), a `.gguf` file, or an HF checkpoint dir (a hub id
+    `org/name[@revision]` is one, from the HF cache or downloaded: `hub.resolve_checkpoint`).
 
     Params are numpy arrays of `dtype`.
     """
+    from seal_jax.models.hub import resolve_checkpoint  # here: hub.py imports this module's CheckpointError
+
+    name_or_path = resolve_checkpoint(name_or_path)
     dtype = np.dtype(dtype)
     path = embedded_gguf_path(name_or_path) if name_or_path in EMBEDDED else Path(name_or_path)
     if path.suffix == ".gguf":
