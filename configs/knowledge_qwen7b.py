@@ -1,7 +1,9 @@
 """The paper's knowledge-incorporation run (SEAL_REFERENCE.md §2): Qwen2.5-7B base, SQuAD via `datasets`,
 50 passages × 5 self-edits × 3 seeds per round, 2 rounds, best-of-5, held-out 200 validation passages.
 
-Needs an accelerator and a local HF checkpoint dir: `--config.model=/path/to/Qwen2.5-7B`.
+Needs an accelerator. The model is a Hugging Face hub id, taken from the local HF cache or downloaded into it
+(offline: `hf download Qwen/Qwen2.5-7B --include '*.safetensors' --include '*.json' --include 'tokenizer*'`
+beforehand); a local HF checkpoint dir works too: `--config.model=/path/to/Qwen2.5-7B`.
 """
 
 from seal_jax import defaults
@@ -10,7 +12,7 @@ from seal_jax import defaults
 def get_config():
     cfg = defaults.knowledge()
     cfg.workdir = "runs/knowledge_qwen7b"
-    cfg.model = "Qwen/Qwen2.5-7B"  # set to a local checkpoint directory
+    cfg.model = "Qwen/Qwen2.5-7B"  # hub id (HF cache or download; `@revision` pins one) or a local directory
     cfg.dtype = "bfloat16"
     cfg.data.num_train = 100
     cfg.data.num_eval = 200

@@ -439,7 +439,11 @@ def embedded_gguf_path(name: str) -> Path:
 
 
 def open_checkpoint(name_or_path: str | os.PathLike) -> CheckpointSource:
-    """Opens an embedded model by name (`EMBEDDED`), a `.gguf` file, or an HF checkpoint dir, lazily."""
+    """Opens an embedded model by name (`EMBEDDED`), a `.gguf` file, or an HF checkpoint dir, lazily (a hub id
+    `org/name[@revision]` is one, from the HF cache or downloaded: `hub.resolve_checkpoint`)."""
+    from seal_jax.models.hub import resolve_checkpoint  # here: hub.py imports this module's CheckpointError
+
+    name_or_path = resolve_checkpoint(name_or_path)
     path = embedded_gguf_path(name_or_path) if name_or_path in EMBEDDED else Path(name_or_path)
     if path.suffix == ".gguf":
         return open_gguf(path)
