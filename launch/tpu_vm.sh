@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one seal_jax config on every worker of a Cloud TPU VM (single host or pod slice); docs/scale.md.
 #
-# Every worker runs the same command; jax.distributed.initialize() (cfg.distributed=True) wires them up, adapters
+# Every worker runs the same command; jax.distributed.initialize() (cfg.distributed.mode=auto) wires them up, adapters
 # are split over the "data" mesh axis and process 0 writes the journal, checkpoints and results, so on a pod slice
 # the workdir should be a gs:// bucket that every worker can reach.
 set -euo pipefail
@@ -14,7 +14,7 @@ usage: launch/tpu_vm.sh --name NAME --zone ZONE [options] CONFIG [--config.KEY=V
 
 Creates the TPU VM NAME (or reuses it when `gcloud ... describe` finds it), copies this working tree to every
 worker, installs seal_jax[tpu] into ~/seal_jax/.venv on each (Python >= 3.11, provisioned with uv where the image's
-python3 is older), starts `python -m seal_jax.main --config CONFIG --config.distributed=True ...` on all workers
+python3 is older), starts `python -m seal_jax.main --config CONFIG --config.distributed.mode=auto ...` on all workers
 and streams worker 0's log until the job ends.
 
 options:
@@ -121,5 +121,5 @@ run "${TPU[@]}" ssh "$NAME" "${LOCATION[@]}" --worker=all --command "$(remote_se
 # job's lifetime.  So the job is started detached on all workers (each writing its own log) and a second ssh to
 # worker 0 alone follows that worker's log, ending with the job's exit status.
 run "${TPU[@]}" ssh "$NAME" "${LOCATION[@]}" --worker=all \
-  --command "$(remote_start --config "$CONFIG" --config.distributed=True "${ARGS[@]}")"
+  --command "$(remote_start --config "$CONFIG" --config.distributed.mode=auto "${ARGS[@]}")"
 run "${TPU[@]}" ssh "$NAME" "${LOCATION[@]}" --worker=0 --command "$(remote_follow)"

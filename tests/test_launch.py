@@ -68,7 +68,7 @@ def test_tpu_create_dry_run(tmp_path):
     assert [line[8] for line in lines[4:]] == ["--worker=all", "--worker=all", "--worker=0"]
     assert "-e '.[tpu]'" in command_of(lines[4])
     start = command_of(lines[5])
-    assert "--config.distributed=True --config.rounds=1 >" in start
+    assert "--config.distributed.mode=auto --config.rounds=1 >" in start
     assert "tail" in command_of(lines[6])
     assert len(lines) == 7
 
@@ -129,7 +129,7 @@ def test_remote_job_receives_overrides_intact(tmp_path, script):
     workdir = "gs://bucket/run 1"
     if script == "tpu":
         lines = dry(TPU, *TPU_BASE, "--type", "v4-8", "--workdir", workdir, CONFIG, *ODD, tmp_path=tmp_path)
-        expected = ["--config", CONFIG, "--config.distributed=True", *ODD, f"--config.workdir={workdir}"]
+        expected = ["--config", CONFIG, "--config.distributed.mode=auto", *ODD, f"--config.workdir={workdir}"]
     else:
         lines = dry(GPU, "--host", "me@gpu1", "--workdir", workdir, CONFIG, *ODD, tmp_path=tmp_path)
         expected = ["--config", CONFIG, *ODD, f"--config.workdir={workdir}"]

@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from seal_jax import report
 from seal_jax.domains.arc import data
 from seal_jax.domains.arc.domain import ORACLE_PLAN, ArcDomain, max_answer_tokens
 from seal_jax.domains.arc.grids import ArcTask
 from seal_jax.domains.arc.render import plan_caption, render_task
 from seal_jax.domains.arc.self_edit import parse_self_edit_json
+from seal_jax.engine import distributed
 from seal_jax.engine.checkpoint import Journal
 from seal_jax.engine.evaluator import Evaluator
 from seal_jax.engine.runtime import Runtime
@@ -84,7 +86,10 @@ def make_domain(cfg: Any, model: Runtime, splits: dict[str, list[ArcTask]]) -> A
 
 
 def render(workdir: Path, domain: ArcDomain, records: dict[str, dict[str, Any]], method: str) -> None:
-    """PNG per evaluated (task, self-edit): the task, the voted attempts and the chosen augmentations."""
+    """PNG per evaluated (task, self-edit): the task, the voted attempts and the chosen augmentations (on
+    process 0 only)."""
+    if not distributed.is_primary():
+        return
     out = workdir / "pictures"
     out.mkdir(exist_ok=True)
     by_id = {t.id: t for t in domain.contexts("eval")}
@@ -108,8 +113,8 @@ def run(cfg: Any) -> dict[str, Any]:
     restem_cfg = common.restem_config(cfg, model)
     common.check_eval(cfg)
     with open_workdir(cfg) as workdir:  # only now: every setting and the data are good
-        (workdir / "tasks.json").write_text(
-            json.dumps({k: [t.id for t in v] for k, v in splits.items()}) + "\n"
+        report.write_file(
+            workdir / "tasks.json", json.dumps({k: [t.id for t in v] for k, v in splits.items()}) + "\n"
         )
         return _evaluate(cfg, workdir, model, domain, evaluator, restem_cfg)
 

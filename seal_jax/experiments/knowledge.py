@@ -10,6 +10,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from seal_jax import report
 from seal_jax.domains.base import InnerHparams
 from seal_jax.domains.knowledge import data
 from seal_jax.domains.knowledge.domain import KnowledgeDomain
@@ -133,8 +134,8 @@ def run(cfg: Any) -> dict[str, Any]:
     restem_cfg = common.restem_config(cfg, writer)
     common.check_eval(cfg)
     with open_workdir(cfg) as workdir:  # only now: every setting and the data are good
-        data.write_selection(workdir / "selection_train.json", train)
-        data.write_selection(workdir / "selection_eval.json", evals)
+        report.write_file(workdir / "selection_train.json", data.selection_json(train))
+        report.write_file(workdir / "selection_eval.json", data.selection_json(evals))
         journal = Journal(workdir / "journal", "heldout")
         rows = []
         if cfg.eval.baselines:

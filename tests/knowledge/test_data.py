@@ -104,7 +104,7 @@ def test_reference_self_edit_files_load_with_completions():
 def test_selection_round_trip(tmp_path):
     passages = data.load_demo()
     chosen = data.select_passages(passages, 4, seed=42)
-    data.write_selection(tmp_path / "selection.json", chosen)
+    (tmp_path / "selection.json").write_text(data.selection_json(chosen))
     assert data.read_selection(tmp_path / "selection.json", passages) == chosen
     with pytest.raises(ValueError, match="not in the passage pool"):
         data.read_selection(tmp_path / "selection.json", passages[:1])

@@ -175,15 +175,15 @@ def select_passages(
     return shuffled[start:] if n is None else shuffled[start : start + n]
 
 
-def write_selection(path: str | Path, passages: Sequence[Passage]) -> None:
-    """Records which passages a run used (ids and titles, in order), so the selection can be recovered
-    later."""
+def selection_json(passages: Sequence[Passage]) -> str:
+    """Which passages a run used (ids and titles, in order) as JSON text, so the selection can be recovered
+    later (`read_selection`)."""
     rows = [{"id": p.id, "title": p.title} for p in passages]
-    Path(path).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+    return json.dumps(rows, indent=1, ensure_ascii=False) + "\n"
 
 
 def read_selection(path: str | Path, pool: Iterable[Passage]) -> list[Passage]:
-    """The passages of `pool` named by a `write_selection` file, in the file's order."""
+    """The passages of `pool` named by a `selection_json` file, in the file's order."""
     by_id = {p.id: p for p in pool}
     ids = [row["id"] for row in json.loads(Path(path).read_text())]
     missing = [i for i in ids if i not in by_id]
