@@ -81,6 +81,7 @@ def knowledge() -> ml_collections.ConfigDict:
             "plan_call_cost": 48.0,
             "pad_to": 0,
             "pad_in_loss": False,  # pad_to=2048, pad_in_loss=True: the reference's loss, for parity
+            "coupled_order": True,  # epoch orders share a stream across a call's adapters (engine/inner.py)
         }
     )
     cfg.eval = ml_collections.ConfigDict(
@@ -169,6 +170,7 @@ def arc() -> ml_collections.ConfigDict:
             "plan_call_cost": 48.0,
             "pad_to": 0,
             "pad_in_loss": False,
+            "coupled_order": True,
         }
     )
     cfg.eval = ml_collections.ConfigDict({"baselines": True, "samples": 5, "seeds": 1, "render": True})

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -65,9 +65,11 @@ def launch(
     env: Mapping[str, str] | None = None,
     num_processes: int = 2,
     timeout: float = 120,
+    while_running: Callable[[list[subprocess.Popen]], None] | None = None,
 ) -> list[Outcome]:
     """Runs `argv` (formatted per process, see the module docstring) as `num_processes` processes from the
-    repository root and waits for all of them. Past `timeout` seconds every process still running is killed and
+    repository root and waits for all of them; `while_running(procs)` is called every 50 ms meanwhile (e.g. to
+    kill one at a chosen moment). Past `timeout` seconds every process still running is killed and
     AssertionError shows what each printed. -> one Outcome per process id."""
     coordinator = f"127.0.0.1:{free_port()}"
     full_env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), **(env or {})}
@@ -90,6 +92,8 @@ def launch(
                 for i, p in enumerate(procs):
                     if i not in ends and p.poll() is not None:
                         ends[i] = time.monotonic() - start
+                if while_running:
+                    while_running(procs)
                 time.sleep(0.05)
         finally:
             for p in procs:  # with whatever each started (its own process group: a supervised child)

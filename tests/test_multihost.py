@@ -9,12 +9,19 @@ it must still see process 0's records and verdicts and must create nothing there
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 
 from seal_jax.engine import distributed
+from seal_jax.engine.checkpoint import RoundCheckpoints
 from seal_jax.errors import UserInputError
 from tests.multihost import PRELUDE, REPO, launch, run_script
 
@@ -274,3 +281,94 @@ def test_a_killed_peer_ends_the_other_process_with_one_clear_line(tmp_path):
     detection = first.seconds - second.seconds
     print(f"lost peer detected after {detection:.1f} s")
     assert detection < 30
+
+
+# ------------------------------------------------- a whole ReST-EM round: one process or two, same results
+
+ROUND = [
+    "-m",
+    "seal_jax.main",
+    "--config",
+    "tests/golden/tiny_round_config.py",
+    "--config.eval.baselines=False",
+]
+TWO_PROCESSES = [
+    "--config.num_cpu_devices=4",
+    "--config.distributed.mode=explicit",
+    "--config.distributed.coordinator_address={coordinator}",
+    "--config.distributed.num_processes=2",
+    "--config.distributed.process_id={process_id}",
+    "--config.distributed.heartbeat_timeout=10",
+]
+
+
+def _run_files(workdir: Path) -> dict[str, bytes]:
+    """The journal lines and results of a run, by relative path."""
+    files = [*sorted((workdir / "journal").glob("*.jsonl")), workdir / "results.json"]
+    return {str(f.relative_to(workdir)): f.read_bytes() for f in files}
+
+
+def _adapter(workdir: Path) -> dict[str, np.ndarray]:
+    state, _ = RoundCheckpoints(workdir).restore(1)
+    return {k: np.asarray(v) for k, v in flatten_dict(state["adapter"], sep="/").items()}
+
+
+@pytest.fixture(scope="module")
+def one_process_round(tmp_path_factory) -> Path:
+    """The tiny ReST-EM round (sampling, K-adapter evaluation, M-step, held-out SEAL row) as one process with 8
+    CPU devices: what the two-process runs must reproduce."""
+    workdir = tmp_path_factory.mktemp("one") / "run"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+    env.pop("XLA_FLAGS", None)
+    done = subprocess.run(
+        [sys.executable, *ROUND, f"--config.workdir={workdir}", "--config.num_cpu_devices=8"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir
+
+
+def test_a_round_on_two_processes_equals_one_process_on_as_many_devices(one_process_round, tmp_path):
+    """Two processes × 4 devices write the same journal lines, results and round adapter as one process × 8
+    devices, each line once (process 0 writes; process 1's records come from the same gathered outputs)."""
+    workdir = tmp_path / "two"
+    outcomes = launch([sys.executable, *ROUND, f"--config.workdir={workdir}", *TWO_PROCESSES], timeout=600)
+    assert all(o.returncode == 0 for o in outcomes), outcomes[0].stderr[-3000:] + outcomes[1].stderr[-3000:]
+    ours, reference = _run_files(workdir), _run_files(one_process_round)
+    assert ours == reference
+    for name, text in ours.items():
+        keys = (
+            [json.loads(line)["key"] for line in text.decode().splitlines()] if name.endswith("jsonl") else []
+        )
+        assert len(keys) == len(set(keys)), f"{name} repeats a record"
+    got, want = _adapter(workdir), _adapter(one_process_round)
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_a_killed_process_stops_the_other_and_the_same_command_resumes(one_process_round, tmp_path):
+    """Process 1 is killed once round 0's first evaluations are journaled: process 0 exits 1 with one clear
+    line within the heartbeat timeout, and the same command then finishes with the uninterrupted numbers."""
+    workdir = tmp_path / "killed"
+    command = [sys.executable, *ROUND, f"--config.workdir={workdir}", *TWO_PROCESSES]
+    journal = workdir / "journal" / "round_0.jsonl"
+    killed: list[float] = []
+
+    def kill_process_1(procs: list[subprocess.Popen]) -> None:
+        evals = journal.read_text().count("/eval/") if journal.exists() else 0
+        if not killed and evals:
+            os.killpg(procs[1].pid, signal.SIGKILL)
+            killed.append(time.monotonic())
+
+    start = time.monotonic()
+    first, _ = launch(command, timeout=600, while_running=kill_process_1)
+    assert killed, "the run finished before process 1 could be killed"
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert first.seconds - (killed[0] - start) < 60  # heartbeat timeout 10 s, plus the supervisor's exit
+    assert first.stderr.strip().splitlines()[-1].startswith("error: lost contact with another process (")
+    outcomes = launch(command, timeout=600)
+    assert all(o.returncode == 0 for o in outcomes), outcomes[0].stderr[-3000:]
+    assert _run_files(workdir) == _run_files(one_process_round)

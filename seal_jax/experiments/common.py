@@ -64,6 +64,7 @@ def inner_config(c: Any, seed: int) -> InnerConfig:
             saved_matmuls_gb=float(c.saved_matmuls_gb),
             pad_to=int(c.pad_to) or None,
             pad_in_loss=bool(c.pad_in_loss),
+            coupled_order=bool(c.coupled_order),
         )
 
 

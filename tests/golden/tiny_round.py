@@ -27,7 +27,11 @@ def config(workdir: str):
     cfg.domain.max_sequences = 3
     cfg.inner.update(epochs=2, chunk_k=4, lora_rank=4, lora_alpha=8.0, learning_rate=0.05, max_length=64)
     cfg.restem.update(
-        rounds=1, contexts_per_round=4, samples_per_context=2, eval_seeds=1, max_self_edit_tokens=24,
+        rounds=1,
+        contexts_per_round=4,
+        samples_per_context=2,
+        eval_seeds=1,
+        max_self_edit_tokens=24,
         sample_batch=8,
     )
     cfg.eval.update(samples=2, seeds=1)
