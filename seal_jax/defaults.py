@@ -1,11 +1,81 @@
 """Default experiment configs (ml_collections); `configs/*.py` start from these and override what differs.
 
-Values are the reference's (SEAL_REFERENCE.md §2, §3) unless a comment says otherwise.
+The engine's settings (inner loop, M-step, ReST-EM, mesh, processes) are not written here: their sections are
+made from the frozen dataclasses that define them (`sections.section`), and the drivers build the dataclasses
+back from the same key tables (`experiments/common.py`). The dataclasses' defaults are the reference's
+knowledge-domain settings; ARC's differences are the `ARC_*` instances below. Values are the reference's unless
+a comment says otherwise.
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+from seal_jax import sections
+from seal_jax.domains.base import InnerHparams
+from seal_jax.engine import distributed
+from seal_jax.engine.evaluator import EngineConfig
+from seal_jax.engine.inner import InnerConfig
+from seal_jax.engine.sampling import SamplingConfig
+from seal_jax.engine.sft import SftConfig
+from seal_jax.engine.sharding import MeshConfig
+from seal_jax.models.lora import LoraConfig
+from seal_jax.restem import RestemConfig
+
+# Config key -> dataclass attribute. `order_seed` comes from `cfg.seed`.
+LORA_KEYS = {"lora_rank": "lora.rank", "lora_alpha": "lora.alpha", "lora_targets": "lora.targets"}
+INNER_KEYS = {**LORA_KEYS, **sections.own_fields(InnerConfig, exclude=("lora", "order_seed"))}
+ENGINE_KEYS = {
+    "chunk_k": "chunk_k",
+    "warmup_steps": "warmup_steps",
+    "plan_step_cost": "step_cost",
+    "plan_call_cost": "call_cost",
+}
+HPARAM_KEYS = {"learning_rate": "learning_rate", "epochs": "epochs"}
+SFT_KEYS = {**LORA_KEYS, **sections.own_fields(SftConfig, exclude=("lora",))}
+RESTEM_KEYS = {
+    **sections.own_fields(RestemConfig, exclude=("sampling", "sft", "seed")),
+    "temperature": "sampling.temperature",
+    "top_p": "sampling.top_p",
+    "max_self_edit_tokens": "sampling.max_new",
+}
+MESH_KEYS = sections.own_fields(MeshConfig)
+DISTRIBUTED_KEYS = sections.own_fields(distributed.Settings)
+
+# ARC (the reference's few-shot setting, MARC's test-time training): where it differs from the defaults.
+ARC_TARGETS = ("q", "v", "gate", "up", "down")
+ARC_INNER = InnerConfig(
+    lora=LoraConfig(rank=128, alpha=16.0, targets=ARC_TARGETS),
+    batch_size=2,
+    schedule="cosine",
+    max_length=8192,
+    length_bucket=16,
+    max_levels=3,
+)
+ARC_ENGINE = EngineConfig(chunk_k=5, warmup_steps=11)
+ARC_SFT = SftConfig(
+    lora=LoraConfig(rank=16, alpha=16.0, targets=ARC_TARGETS),
+    learning_rate=5e-5,
+    epochs=8,
+    batch_size=5,
+    schedule="cosine",
+    max_length=8192,
+)
+ARC_RESTEM = RestemConfig(
+    rounds=1,
+    contexts_per_round=11,
+    samples_per_context=15,
+    eval_seeds=1,
+    selection="all_positive",
+    sampling=SamplingConfig(max_new=128, temperature=0.8, top_p=1.0),
+)
+
+
+def inner_section(inner: InnerConfig, engine: EngineConfig, hparams: InnerHparams | None = None):
+    """`cfg.inner`: the inner loop, its evaluator's chunking and warmup, and (knowledge: every self-edit trains
+    with the same) learning rate and epochs."""
+    parts = [(inner, INNER_KEYS), (engine, ENGINE_KEYS)]
+    return sections.section(*parts, *([(hparams, HPARAM_KEYS)] if hparams else []))
 
 
 def common() -> ml_collections.ConfigDict:
@@ -19,18 +89,9 @@ def common() -> ml_collections.ConfigDict:
     # Several processes (hosts) in one run: mode "off" | "auto" (TPU pod slices, SLURM: jax.distributed finds the
     # cluster) | "explicit" (coordinator_address "host:port", num_processes and this process's process_id, e.g.
     # GPU hosts). A peer silent for heartbeat_timeout seconds ends every process (engine/distributed.py).
-    cfg.distributed = ml_collections.ConfigDict(
-        {
-            "mode": "off",
-            "coordinator_address": "",
-            "num_processes": 1,
-            "process_id": 0,
-            "initialization_timeout": 300,
-            "heartbeat_timeout": 60,
-        }
-    )
+    cfg.distributed = sections.section((distributed.Settings(), DISTRIBUTED_KEYS))
     cfg.compilation_cache_dir = ""
-    cfg.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    cfg.mesh = sections.section((MeshConfig(), MESH_KEYS))
     return cfg
 
 
@@ -59,31 +120,7 @@ def knowledge() -> ml_collections.ConfigDict:
             "max_sequences": 30,
         }
     )
-    cfg.inner = ml_collections.ConfigDict(
-        {
-            "lora_rank": 32,
-            "lora_alpha": 64.0,
-            "lora_targets": "q,v",
-            "learning_rate": 1e-3,
-            "epochs": 10,
-            "batch_size": 1,
-            "schedule": "linear",
-            "warmup_steps": 0,
-            "max_length": 2048,
-            "length_bucket": 8,
-            "max_levels": 4,  # step lengths per compiled chunk (engine/inner.py: length_levels)
-            "loss_chunk": 64,
-            "remat": True,  # peak memory 9.2 -> 3.4 GB at K=15 (docs/benchmarks.md)
-            "saved_matmuls_gb": 1.5,  # steps whose matmul outputs fit skip their recompute (engine/inner.py)
-            "chunk_k": 15,
-            # Evaluator.plan's costs in adapter-steps: ~1 per shared step on a CPU (chunk_k on an accelerator)
-            "plan_step_cost": 1.0,
-            "plan_call_cost": 48.0,
-            "pad_to": 0,
-            "pad_in_loss": False,  # pad_to=2048, pad_in_loss=True: the reference's loss, for parity
-            "coupled_order": True,  # epoch orders share a stream across a call's adapters (engine/inner.py)
-        }
-    )
+    cfg.inner = inner_section(InnerConfig(), EngineConfig(), InnerHparams())
     cfg.eval = ml_collections.ConfigDict(
         {
             "baselines": True,
@@ -95,35 +132,8 @@ def knowledge() -> ml_collections.ConfigDict:
             "judge_api_key_env": "OPENAI_API_KEY",
         }
     )
-    cfg.restem = ml_collections.ConfigDict(
-        {
-            "rounds": 2,
-            "contexts_per_round": 50,
-            "samples_per_context": 5,
-            "eval_seeds": 3,
-            "selection": "best_of_n",
-            "reward": "absolute",
-            "temperature": 1.0,
-            "top_p": 0.95,
-            "max_self_edit_tokens": 8192,
-            "sample_batch": 16,
-        }
-    )
-    cfg.sft = ml_collections.ConfigDict(
-        {
-            "lora_rank": 64,
-            "lora_alpha": 128.0,
-            "lora_targets": "q,k,v,o,gate,up,down",
-            "learning_rate": 3e-4,
-            "epochs": 2,
-            "batch_size": 10,
-            "schedule": "linear",
-            "warmup_steps": 0,
-            "max_length": 4096,
-            "remat": True,
-            "saved_matmuls_gb": 1.5,
-        }
-    )
+    cfg.restem = sections.section((RestemConfig(), RESTEM_KEYS))
+    cfg.sft = sections.section((SftConfig(), SFT_KEYS))
     cfg.replay = ml_collections.ConfigDict(
         {"directory": "", "names": "naive,base,iter2,gpt4_1", "num_passages": 200}
     )
@@ -151,56 +161,8 @@ def arc() -> ml_collections.ConfigDict:
     # lenient_json: accept quoted booleans/numbers in self-edit plans (small models write "true"); off = the
     # strict schema of the issue
     cfg.domain = ml_collections.ConfigDict({"ttt_cap": 250, "max_tokens": 8192, "lenient_json": False})
-    cfg.inner = ml_collections.ConfigDict(
-        {
-            "lora_rank": 128,
-            "lora_alpha": 16.0,
-            "lora_targets": "q,v,gate,up,down",
-            "batch_size": 2,
-            "schedule": "cosine",
-            "warmup_steps": 11,
-            "max_length": 8192,
-            "length_bucket": 16,
-            "max_levels": 3,  # step lengths per compiled chunk (engine/inner.py: length_levels)
-            "loss_chunk": 64,
-            "remat": True,
-            "saved_matmuls_gb": 1.5,
-            "chunk_k": 5,
-            "plan_step_cost": 1.0,
-            "plan_call_cost": 48.0,
-            "pad_to": 0,
-            "pad_in_loss": False,
-            "coupled_order": True,
-        }
-    )
+    cfg.inner = inner_section(ARC_INNER, ARC_ENGINE)
     cfg.eval = ml_collections.ConfigDict({"baselines": True, "samples": 5, "seeds": 1, "render": True})
-    cfg.restem = ml_collections.ConfigDict(
-        {
-            "rounds": 1,
-            "contexts_per_round": 11,
-            "samples_per_context": 15,
-            "eval_seeds": 1,
-            "selection": "all_positive",
-            "reward": "absolute",
-            "temperature": 0.8,
-            "top_p": 1.0,
-            "max_self_edit_tokens": 128,
-            "sample_batch": 16,
-        }
-    )
-    cfg.sft = ml_collections.ConfigDict(
-        {
-            "lora_rank": 16,
-            "lora_alpha": 16.0,
-            "lora_targets": "q,v,gate,up,down",
-            "learning_rate": 5e-5,
-            "epochs": 8,
-            "batch_size": 5,
-            "schedule": "cosine",
-            "warmup_steps": 0,
-            "max_length": 8192,
-            "remat": True,
-            "saved_matmuls_gb": 1.5,
-        }
-    )
+    cfg.restem = sections.section((ARC_RESTEM, RESTEM_KEYS))
+    cfg.sft = sections.section((ARC_SFT, SFT_KEYS))
     return cfg

@@ -24,10 +24,11 @@ class TrainExample:
 
 @dataclasses.dataclass(frozen=True)
 class InnerHparams:
-    """Per-self-edit inner-loop (LoRA SFT) settings."""
+    """Per-self-edit inner-loop (LoRA SFT) settings; defaults: the reference's knowledge domain (lr 1e-3, 10
+    epochs, loss on every token)."""
 
-    learning_rate: float
-    epochs: int
+    learning_rate: float = 1e-3
+    epochs: int = 10
     loss_on_all_tokens: bool = True
 
 

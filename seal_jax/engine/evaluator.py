@@ -51,9 +51,9 @@ class EngineConfig:
     (≈ 1 on a CPU, where a step's time grows with its adapters; ≈ chunk_k on an accelerator, where K adapters
     cost about one), `call_cost` a call's (compile, answers)."""
 
-    inner: InnerConfig
-    sampling: SamplingConfig
-    chunk_k: int = 8
+    inner: InnerConfig = InnerConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    chunk_k: int = 15
     warmup_steps: int = 0
     step_cost: float = 1.0
     call_cost: float = 48.0

@@ -62,7 +62,7 @@ class InnerConfig:
     loss_chunk: int = 64
     remat: bool = True  # K=15 x T=256 on CPU: peak RSS 9.2 GB -> 3.4 GB at equal or better step time
     saved_matmuls_gb: float = 1.5
-    pad_to: int | None = None
+    pad_to: int = 0  # > 0: every step at this length (the reference: 2048); 0: per-chunk length levels
     pad_in_loss: bool = False
     coupled_order: bool = True
     order_seed: int = 0
@@ -80,11 +80,11 @@ class InnerConfig:
         )
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.pad_to is not None:
-            require_positive("inner loop", pad_to=self.pad_to)
+        if self.pad_to < 0:
+            raise ValueError(f"inner loop: pad_to={self.pad_to} must be >= 0 (0: bucketed lengths)")
         if self.saved_matmuls_gb < 0:
             raise ValueError(f"saved_matmuls_gb={self.saved_matmuls_gb} must be >= 0 (0: always recompute)")
-        if self.pad_in_loss and self.pad_to is None:
+        if self.pad_in_loss and not self.pad_to:
             raise ValueError("pad_in_loss needs pad_to (the reference pads every sequence to a fixed length)")
 
 
@@ -183,7 +183,7 @@ class StepLayout:
 def length_levels(step_lengths: Sequence[int], num_levels: int, cfg: InnerConfig) -> tuple[int, ...]:
     """At most `num_levels` step lengths (multiples of `length_bucket`, the longest step's rounded length on
     top) that minimize the padded tokens of these steps (exact dynamic program over the distinct lengths)."""
-    if cfg.pad_to is not None:
+    if cfg.pad_to:
         return (cfg.pad_to,)
     values, counts = np.unique([round_up(n, cfg.length_bucket) for n in step_lengths], return_counts=True)
     if not len(values):

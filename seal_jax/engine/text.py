@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,11 @@ def pad_id(tokenizer: Any) -> int:
 def sampling_config(tokenizer: Any, **overrides: Any) -> SamplingConfig:
     """A SamplingConfig with this tokenizer's stop and pad ids."""
     return SamplingConfig(eos_ids=stop_ids(tokenizer), pad_id=pad_id(tokenizer), **overrides)
+
+
+def for_tokenizer(cfg: SamplingConfig, tokenizer: Any) -> SamplingConfig:
+    """`cfg` with this tokenizer's stop and pad ids."""
+    return dataclasses.replace(cfg, eos_ids=stop_ids(tokenizer), pad_id=pad_id(tokenizer))
 
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:

@@ -12,17 +12,16 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from seal_jax import report
+from seal_jax import defaults, report, sections
 from seal_jax.engine import sharding
 from seal_jax.engine.evaluator import EngineConfig, Evaluator
 from seal_jax.engine.inner import InnerConfig
 from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.sampling import SamplingConfig
 from seal_jax.engine.sft import SftConfig
-from seal_jax.engine.text import sampling_config
+from seal_jax.engine.text import for_tokenizer, sampling_config
 from seal_jax.errors import UserInputError, require_positive
 from seal_jax.models.bundle import load_model
-from seal_jax.models.lora import LoraConfig
 from seal_jax.restem import RestemConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -44,43 +43,16 @@ def config_section(name: str) -> Iterator[None]:
         raise UserInputError(f"bad {name} config: {err}") from None
 
 
-def lora_config(c: Any) -> LoraConfig:
-    return LoraConfig(rank=int(c.lora_rank), alpha=float(c.lora_alpha), targets=targets(c.lora_targets))
-
-
 def inner_config(c: Any, seed: int) -> InnerConfig:
-    """cfg.inner -> InnerConfig (pad_to 0 = bucketed lengths, the default); `seed` seeds the shared order stream."""
+    """cfg.inner -> InnerConfig; `seed` seeds the epoch orders' shared stream."""
     with config_section("inner-loop"):
-        return InnerConfig(
-            lora=lora_config(c),
-            batch_size=int(c.batch_size),
-            schedule=c.schedule,
-            max_length=int(c.max_length),
-            length_bucket=int(c.length_bucket),
-            max_levels=int(c.max_levels),
-            order_seed=seed,
-            loss_chunk=int(c.loss_chunk),
-            remat=bool(c.remat),
-            saved_matmuls_gb=float(c.saved_matmuls_gb),
-            pad_to=int(c.pad_to) or None,
-            pad_in_loss=bool(c.pad_in_loss),
-            coupled_order=bool(c.coupled_order),
-        )
+        return sections.build(InnerConfig(), c, defaults.INNER_KEYS, order_seed=seed)
 
 
 def sft_config(c: Any) -> SftConfig:
+    """cfg.sft -> SftConfig (the M-step)."""
     with config_section("sft"):
-        return SftConfig(
-            lora=lora_config(c),
-            learning_rate=float(c.learning_rate),
-            epochs=int(c.epochs),
-            batch_size=int(c.batch_size),
-            schedule=c.schedule,
-            warmup_steps=int(c.warmup_steps),
-            max_length=int(c.max_length),
-            remat=bool(c.remat),
-            saved_matmuls_gb=float(c.saved_matmuls_gb),
-        )
+        return sections.build(SftConfig(), c, defaults.SFT_KEYS)
 
 
 def check_eval(cfg: Any) -> None:
@@ -90,20 +62,17 @@ def check_eval(cfg: Any) -> None:
 
 
 def policy_sampling(model: Runtime, c: Any) -> SamplingConfig:
-    """Self-edit sampling settings (cfg.restem): temperature, top-p, max new tokens."""
+    """Self-edit sampling settings (cfg.restem): temperature, top-p, max new tokens, and the model's stop ids."""
     with config_section("restem sampling"):
-        return sampling_config(
-            model.tokenizer,
-            max_new=int(c.max_self_edit_tokens),
-            temperature=float(c.temperature),
-            top_p=float(c.top_p),
+        return for_tokenizer(
+            sections.build(RestemConfig(), c, defaults.RESTEM_KEYS).sampling, model.tokenizer
         )
 
 
 def mesh(cfg: Any) -> jax.sharding.Mesh:
     """The configured ("data", "fsdp", "tensor") mesh over every device of every process."""
     with config_section("mesh"):
-        return sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+        return sharding.make_mesh(sections.build(sharding.MeshConfig(), cfg.mesh, defaults.MESH_KEYS))
 
 
 def load(cfg: Any, name: str | None = None) -> Runtime:
@@ -118,31 +87,26 @@ def load(cfg: Any, name: str | None = None) -> Runtime:
 
 
 def make_evaluator(model: Runtime, cfg: Any, max_new: int) -> Evaluator:
-    """The K-adapter evaluator on `model`'s runtime."""
+    """The K-adapter evaluator on `model`'s runtime (answers of at most `max_new` tokens, greedy)."""
     with config_section("inner-loop"):
-        engine = EngineConfig(
+        engine = sections.build(
+            EngineConfig(),
+            cfg.inner,
+            defaults.ENGINE_KEYS,
             inner=inner_config(cfg.inner, int(cfg.seed)),
             sampling=sampling_config(model.tokenizer, max_new=max_new),
-            chunk_k=int(cfg.inner.chunk_k),
-            warmup_steps=int(cfg.inner.warmup_steps),
-            step_cost=float(cfg.inner.plan_step_cost),
-            call_cost=float(cfg.inner.plan_call_cost),
         )
     return Evaluator(model, engine)
 
 
 def restem_config(cfg: Any, model: Runtime) -> RestemConfig:
-    r = cfg.restem
+    """cfg.restem + cfg.sft -> RestemConfig, sampling with `model`'s stop ids."""
     with config_section("restem"):
-        return RestemConfig(
-            rounds=int(r.rounds),
-            contexts_per_round=int(r.contexts_per_round),
-            samples_per_context=int(r.samples_per_context),
-            eval_seeds=int(r.eval_seeds),
-            selection=r.selection,
-            reward=r.reward,
-            sampling=policy_sampling(model, r),
-            sample_batch=int(r.sample_batch),
+        return sections.build(
+            RestemConfig(),
+            cfg.restem,
+            defaults.RESTEM_KEYS,
+            sampling=policy_sampling(model, cfg.restem),
             sft=sft_config(cfg.sft),
             seed=int(cfg.seed),
         )
