@@ -69,6 +69,10 @@ def open_run(workdir: str) -> Run:
     missing = [k for k in ("model", "dtype", "sft") if k not in config]
     if missing:
         raise UserInputError(f"{config_file} is not a ReST-EM run's config (no {', '.join(missing)})")
+    if config.dtype not in DTYPES:
+        raise UserInputError(
+            f"{config_file}: unknown dtype {config.dtype!r}: expected one of {', '.join(DTYPES)}"
+        )
     return Run(workdir, config, RoundCheckpoints(workdir))
 
 
@@ -175,7 +179,8 @@ def applies_to(run: Run, round_: int) -> str:
 
 def write_peft(out: Path, run: Run, round_: int, base_model: str | None) -> None:
     """Round `round_`'s adapter as a PEFT dir; `base_model_name_or_path` is `base_model` or, by default, the base
-    model for round 1 and an export command of the round before otherwise. A README.md says what it applies to."""
+    model for round 1 and `<workdir>@round<N-1>` otherwise (no hub name exists for that policy: PEFT only
+    records it). A README.md says what the adapter applies to and how to export that policy."""
     cfg = run.config
     default_base = run.policy_model if round_ == 1 else f"{run.workdir}@round{round_ - 1}"
     export_peft(

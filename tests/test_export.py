@@ -25,6 +25,7 @@ from seal_jax import export as ex
 from seal_jax.engine.checkpoint import RoundCheckpoints
 from seal_jax.errors import UserInputError
 from seal_jax.models import testing
+from seal_jax.models.bundle import load_model
 from seal_jax.models.config import tiny_config
 from seal_jax.models.lora import TARGETS, LoraConfig
 from seal_jax.models.transformer import init_lora
@@ -245,3 +246,16 @@ def test_config_of_a_run_is_read_back(tmp_path):
     (tmp_path / "config.json").write_text(cfg.to_json())
     run = ex.open_run(str(tmp_path))
     assert isinstance(run.config, ml_collections.ConfigDict) and run.policy_model == "tiny-random-qwen2"
+
+
+def test_hf_export_of_a_gguf_model(tmp_path):
+    """A GGUF-sourced policy exports with its metadata-built tokenizer; transformers computes our logits."""
+    cfg = tiny_config("llama")
+    model = load_model(str(testing.write_gguf(tmp_path / "m.gguf", cfg, testing.random_hf_params(cfg))))
+    ex.write_hf(tmp_path / "hf", model, np.float32)
+    ours = np.asarray(nnx.merge(model.graphdef(), model.base).forward_logits(TOKENS))
+    np.testing.assert_allclose(torch_logits(hf_model(tmp_path / "hf")), ours, atol=1e-4, rtol=0)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "<|im_start|>user\nthe answer<|im_end|>"
+    assert tokenizer(text)["input_ids"] == model.tokenizer(text)["input_ids"]
+    assert tokenizer.chat_template == testing.TOY_CHAT_TEMPLATE
