@@ -15,7 +15,7 @@ passage's questions. K = 15 evaluations of one passage (5 stored self-edits × 3
 4. a fair PyTorch + PEFT loop: the same LoRA/optimizer/schedule in a plain loop, each sequence padded only
    to its own 64-token bucket with the padding masked (-100), batched HF `generate` over the questions.
 
-seal_jax's training time is built from its real layout (`Evaluator.prepare`): the seconds of a shared step at
+seal_jax's training time is built from its real layout (`inner.prepare_call`): the seconds of a shared step at
 each length level, times the number of shared steps at that level (idle steps cost nothing). Torch's per-step
 times are medians, scaled by the exact number of optimizer steps of the full workload. Every contender adds
 its measured setup and answer time, so every ratio compares the same 15 evaluations. `--quick` keeps every
@@ -68,8 +68,10 @@ from benchmarks._common import (
 )
 from benchmarks.gemm_floor import jax_gemm_pass, timed_median
 from seal_jax.domains.knowledge.domain import KnowledgeDomain
+from seal_jax.engine import sharding
 from seal_jax.engine.evaluator import AdaptJob, EngineConfig, Evaluator
 from seal_jax.engine.inner import (
+    AdapterHparams,
     EncodedExample,
     InnerConfig,
     StepBatches,
@@ -77,10 +79,12 @@ from seal_jax.engine.inner import (
     StepSchedule,
     build_step_batches,
     encode_example,
+    prepare_call,
     round_up,
 )
+from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.text import encode_prompts, pad_id, sampling_config, stop_ids
-from seal_jax.models.bundle import LoadedModel, load_model
+from seal_jax.models.bundle import LoadedModel, default_mesh, load_model
 
 MODEL = "smollm2-135m-instruct"
 COMPLETIONS = 5
@@ -197,23 +201,25 @@ def workload_of(jobs: Sequence[AdaptJob], tokenizer: Any, cfg: InnerConfig) -> W
 
 
 @contextlib.contextmanager
-def compile_only(ev: Evaluator) -> Iterator[None]:
-    """Warm-up: within this block the evaluator's jitted adapt/generate are AOT-compiled for the shapes they
-    are called with (which fills jit's cache) and return zeros instead of running."""
-    saved = ev._adapt, ev._generate
+def compile_only(rt: Runtime) -> Iterator[None]:
+    """Warm-up: within this block the runtime's jitted programs (adapt, answer) are AOT-compiled for the shapes
+    they are called with (which fills jit's cache) and return zeros instead of running."""
+    cached = rt._program
 
-    def wrap(fn: Any) -> Any:
+    def program(key: tuple, build: Any) -> Any:
+        fn = cached(key, build)
+
         def call(*args: Any) -> Any:
             fn.lower(*args).compile()
             return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *args))
 
         return call
 
-    ev._adapt, ev._generate = wrap(ev._adapt), wrap(ev._generate)
+    rt._program = program  # an instance attribute over the method
     try:
         yield
     finally:
-        ev._adapt, ev._generate = saved
+        del rt._program
 
 
 def steps_at_level(layout: StepLayout, level: int, size: int | None) -> StepLayout:
@@ -258,29 +264,47 @@ def run_seal_jax(
     a compile-only warm-up and, with `per_level`, one untimed pass), and answers every chunk's queries
     (fresh adapters: the decode cost is the same)."""
     watch = CompileWatch.get()
-    ev = Evaluator(model, cfg)
+    rt = Runtime(model, default_mesh())
+    ev = Evaluator(rt, cfg)
     chunks = [[jobs[i] for i in idx] for idx in ev.plan(jobs)]
-    layouts = [ev.prepare(c)[0] for c in chunks]
+
+    def prepare(c: list[AdaptJob]) -> tuple[StepLayout, AdapterHparams, Any]:
+        """What `Evaluator.run_chunk` feeds the runtime for chunk `c` (one device: no padding to the mesh)."""
+        layout, hparams = prepare_call(
+            [ev.encode(j) for j in c],
+            [j.hparams.epochs for j in c],
+            [j.seed for j in c],
+            [j.hparams.learning_rate for j in c],
+            [cfg.warmup_steps] * len(c),
+            cfg.inner,
+            pad_id(rt.tokenizer),
+        )
+        return layout, hparams, rt.fresh_adapters(cfg.inner.lora, [j.seed for j in c])
+
+    layouts = [prepare(c)[0] for c in chunks]
     probes: dict[tuple[int, int], StepLayout] = {}  # (chunk, length) -> the chunk's steps at that length
     for ci, layout in enumerate(layouts):
         for lv in np.unique(layout.schedule.level[layout.schedule.level >= 0]):
             probes[ci, layout.schedule.lengths[lv]] = steps_at_level(layout, int(lv), per_level)
 
     def train(ci: int, sub: StepLayout) -> float:
-        _, hparams, lora0 = ev.prepare(chunks[ci])
+        _, hparams, lora0 = prepare(chunks[ci])
         t0 = time.perf_counter()
-        jax.block_until_ready(ev.adapt(sub, hparams, lora0))
+        jax.block_until_ready(rt.adapt(sub, hparams, lora0, cfg.inner))
         return time.perf_counter() - t0
 
+    def answer(c: list[AdaptJob]) -> list[list[str]]:
+        lora = rt.put(prepare(c)[2], sharding.adapter_sharding(rt.mesh))
+        t0 = time.perf_counter()
+        out = rt.answer(lora, cfg.inner.lora, [list(j.queries) for j in c], [j.seed for j in c], cfg.sampling)
+        ev.timings["generate_s"] += time.perf_counter() - t0
+        return out
+
     def answer_all() -> list[list[str]]:
-        return [
-            a
-            for c in chunks
-            for a in ev.answer(ev.prepare(c)[2], [list(j.queries) for j in c], [j.seed for j in c])
-        ]
+        return [a for c in chunks for a in answer(c)]
 
     c0, s0 = watch.snapshot()
-    with compile_only(ev):
+    with compile_only(rt):
         for (ci, _), sub in probes.items():
             train(ci, sub)
         answer_all()

@@ -14,4 +14,5 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.temperature = 0.0
     cfg.top_p = 1.0
     cfg.seed = 0
+    cfg.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # `experiments.common.load`
     return cfg

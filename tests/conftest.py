@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from seal_jax.models.bundle import LoadedModel, load_model
+from seal_jax.engine.runtime import Runtime
+from seal_jax.models.bundle import LoadedModel, default_mesh, load_model
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +16,9 @@ def tiny() -> LoadedModel:
 @pytest.fixture(scope="session")
 def tiny_qwen() -> LoadedModel:
     return load_model("tiny-random-qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_runtime(tiny) -> Runtime:
+    """`tiny` on one device. Never merge into it (a merge donates the base `tiny` holds): load a fresh model."""
+    return Runtime(tiny, default_mesh())

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from seal_jax.domains.knowledge import data
-from seal_jax.engine.text import generate_texts, sampling_config
+from seal_jax.engine.text import sampling_config
 from seal_jax.errors import UserInputError
 from seal_jax.experiments import knowledge
 from seal_jax.experiments.workdir import open_workdir
@@ -180,7 +180,7 @@ def test_generate_with_a_bad_setting_exits_2_naming_it():
     assert "Traceback" not in proc.stderr and "max_new=0" in last_line(proc.stderr)
 
 
-def test_generate_on_the_tiny_model_prints_the_answer(tiny):
+def test_generate_on_the_tiny_model_prints_the_answer(tiny_runtime):
     prompt = "The capital of France is"
     proc = main(
         "--config",
@@ -191,9 +191,7 @@ def test_generate_on_the_tiny_model_prints_the_answer(tiny):
         "--config.max_new_tokens=8",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    expected = generate_texts(
-        tiny.tokenizer, tiny.graphdef(), tiny.base, None, [prompt], sampling_config(tiny.tokenizer, max_new=8)
-    )[0]
+    expected = tiny_runtime.sample([prompt], sampling_config(tiny_runtime.tokenizer, max_new=8), seed=0)[0]
     assert expected and proc.stdout.strip().splitlines()[-1] == expected
 
 

@@ -23,10 +23,12 @@ from seal_jax.domains.knowledge import data
 from seal_jax.domains.knowledge.domain import KnowledgeDomain
 from seal_jax.engine.checkpoint import Journal, RoundCheckpoints
 from seal_jax.engine.evaluator import AdaptResult, Evaluator
+from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.sft import SftConfig
 from seal_jax.engine.text import sampling_config
 from seal_jax.errors import UserInputError
 from seal_jax.experiments import common, knowledge
+from seal_jax.models.bundle import default_mesh, load_model
 from seal_jax.models.lora import LoraConfig
 from seal_jax.restem import Item, RestemConfig, evaluate_items, restore_policy, select, stable_seed
 
@@ -96,17 +98,19 @@ def load_config(path: Path, workdir: Path):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """`experiments.knowledge.run` in-process on a fresh workdir; the final policy is captured on its way out
-    of `run_restem`. Also the uninterrupted run the SIGKILL test compares against."""
+    """`experiments.knowledge.run` in-process on a fresh workdir; the final policy's weights are copied to the
+    host on their way out of `run_restem` (which updates the policy in place). Also the uninterrupted run the
+    SIGKILL test compares against."""
     root = tmp_path_factory.mktemp("restem")
     config = root / "tiny_knowledge.py"
     config.write_text(CONFIG)
     cfg = load_config(config, root / "fresh")
     captured = {}
 
-    def spy(*args, **kwargs):
-        captured["policy"], captured["stats"] = restem.run_restem(*args, **kwargs)
-        return captured["policy"], captured["stats"]
+    def spy(policy, *args, **kwargs):
+        captured["stats"] = restem.run_restem(policy, *args, **kwargs)
+        captured["policy_base"] = leaves(policy.base)
+        return captured["stats"]
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(knowledge, "run_restem", spy)
@@ -135,16 +139,17 @@ def test_round_journals_one_line_per_context_self_edit_seed(reference):
 
 def test_round_checkpoint_restores_the_merged_policy_exactly(reference):
     tiny = common.load(reference["cfg"])  # the run's base weights, in the run's dtype
+    initial = leaves(tiny.base)  # a host copy: the merge below donates the base
     ckpt = RoundCheckpoints(reference["workdir"])
     assert ckpt.latest_round() == 1
     _, meta = ckpt.restore(1)
     assert meta["stats"] == reference["stats"][0] == reference["results"]["rounds"][0]
     assert len(meta["kept"]) == CONTEXTS  # best-of-N: one self-edit per context
-    restored = restore_policy(tiny, ckpt, common.sft_config(reference["cfg"].sft), 1)
-    for a, b in zip(leaves(restored.base), leaves(reference["policy"].base), strict=True):
+    assert restore_policy(tiny, ckpt, common.sft_config(reference["cfg"].sft), 1) is None  # in place
+    for a, b in zip(leaves(tiny.base), reference["policy_base"], strict=True):
         np.testing.assert_array_equal(a, b)
-    wq = np.asarray(reference["policy"].base["layers"]["wq"][...])
-    assert not np.array_equal(wq, np.asarray(tiny.base["layers"]["wq"][...]))  # the M-step changed the policy
+    changed = [not np.array_equal(a, b) for a, b in zip(initial, reference["policy_base"], strict=True)]
+    assert any(changed)  # the M-step changed the policy
 
 
 def test_rerun_of_a_finished_run_does_no_new_work(reference):
@@ -155,8 +160,8 @@ def test_rerun_of_a_finished_run_does_no_new_work(reference):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Evaluator, "run_chunk", forbidden)
-        mp.setattr(restem, "generate_texts", forbidden)
-        mp.setattr(restem, "sft_policy", forbidden)
+        mp.setattr(Runtime, "sample", forbidden)
+        mp.setattr(restem, "sft", forbidden)
         again = knowledge.run(reference["cfg"])
     assert again == reference["results"]
     assert {p.name: p.read_text() for p in (reference["workdir"] / "journal").glob("*.jsonl")} == before
@@ -257,6 +262,7 @@ def test_a_journal_record_of_another_self_edit_text_is_refused(tmp_path):
 
 def test_a_non_finite_m_step_keeps_the_policy_and_checkpoints_the_round(tmp_path, tiny):
     """An SFT learning rate that overflows the adapter: the round is logged and saved, the policy unchanged."""
+    initial = leaves(tiny.base)
     cfg = RestemConfig(
         rounds=1,
         contexts_per_round=2,
@@ -270,15 +276,15 @@ def test_a_non_finite_m_step_keeps_the_policy_and_checkpoints_the_round(tmp_path
     samples = Journal(tmp_path / "journal", "round_0")  # the self-edits, as if sampled before a kill
     for c in DEMO[:2]:
         samples.write({"key": f"round_0/sample/{c.id}/0", "context": c.id, "sample": 0, "text": "A fact."})
-    policy, stats = restem.run_restem(
-        tiny, domain, StubEvaluator(), cfg, str(tmp_path), {}, policy_is_student=False
-    )
+    policy = Runtime(load_model("tiny-random-llama"), default_mesh())  # its own base: merges donate it
+    stats = restem.run_restem(policy, domain, StubEvaluator(), cfg, str(tmp_path), {})
     assert stats[0]["kept"] == 2 and "non-finite" in stats[0]["sft_error"]
-    assert all(np.array_equal(a, b) for a, b in zip(leaves(policy.base), leaves(tiny.base), strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(policy.base), initial, strict=True))
     checkpoints = RoundCheckpoints(tmp_path)
     assert checkpoints.latest_round() == 1 and checkpoints.restore(1)[1]["stats"] == stats[0]
-    restored = restore_policy(tiny, checkpoints, cfg.sft, 1)
-    assert all(np.array_equal(a, b) for a, b in zip(leaves(restored.base), leaves(tiny.base), strict=True))
+    restored = Runtime(load_model("tiny-random-llama"), default_mesh())
+    restore_policy(restored, checkpoints, cfg.sft, 1)  # merges the round's no-op adapter
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(restored.base), initial, strict=True))
 
 
 def test_resume_of_a_partly_journaled_chunk_repeats_no_key(tmp_path):
@@ -300,16 +306,16 @@ def test_resume_of_a_partly_journaled_chunk_repeats_no_key(tmp_path):
     assert stub.calls == 0  # a fully journaled chunk is skipped
 
 
-def test_resume_of_a_partly_journaled_sample_batch_repeats_no_key(tmp_path, monkeypatch, tiny):
+def test_resume_of_a_partly_journaled_sample_batch_repeats_no_key(tmp_path, monkeypatch, tiny_runtime):
     calls = []
 
-    def fake_generate(tokenizer, graphdef, base, lora, prompts, cfg, seed=0):
+    def fake_sample(self, prompts, cfg, seed):
         calls.append(len(prompts))
         return [f"self-edit {seed} {i}" for i in range(len(prompts))]
 
-    monkeypatch.setattr(restem, "generate_texts", fake_generate)
+    monkeypatch.setattr(Runtime, "sample", fake_sample)
     domain = KnowledgeDomain(tuple(DEMO[:2]), ())
-    args = (tiny, domain, DEMO[:2], 2, sampling_config(tiny.tokenizer))
+    args = (tiny_runtime, domain, DEMO[:2], 2, sampling_config(tiny_runtime.tokenizer))
     first = restem.sample_self_edits(*args, Journal(tmp_path, "s"), "round_0", 0, 4)
     path = tmp_path / "s.jsonl"
     path.write_text("\n".join(lines(path)[:2]) + "\n")

@@ -10,7 +10,7 @@ import pytest
 from seal_jax.domains.base import InnerHparams, TrainExample
 from seal_jax.engine.evaluator import AdaptJob, EngineConfig, Evaluator
 from seal_jax.engine.inner import InnerConfig
-from seal_jax.engine.text import generate_texts, sampling_config
+from seal_jax.engine.text import sampling_config
 from seal_jax.models.lora import LoraConfig
 
 INNER = InnerConfig(
@@ -54,8 +54,8 @@ def engine(tiny, chunk_k: int) -> EngineConfig:
 
 
 @pytest.fixture(scope="module")
-def chunked(tiny):
-    return Evaluator(tiny, engine(tiny, chunk_k=2))
+def chunked(tiny, tiny_runtime):
+    return Evaluator(tiny_runtime, engine(tiny, chunk_k=2))
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,8 @@ def chunked_results(chunked):
     return chunked.run(JOBS)
 
 
-def test_chunked_run_equals_one_job_at_a_time(tiny, chunked_results):
-    alone = Evaluator(tiny, engine(tiny, chunk_k=1)).run(JOBS)
+def test_chunked_run_equals_one_job_at_a_time(tiny, tiny_runtime, chunked_results):
+    alone = Evaluator(tiny_runtime, engine(tiny, chunk_k=1)).run(JOBS)
     for job, a, b in zip(JOBS, chunked_results, alone, strict=True):
         assert len(a.answers) == len(job.queries)
         assert a.answers == b.answers
@@ -74,14 +74,14 @@ def test_chunked_run_equals_one_job_at_a_time(tiny, chunked_results):
     assert chunked_results[0].answers != chunked_results[1].answers  # the jobs really differ
 
 
-def test_plan_sorts_by_step_count_deterministically(tiny, chunked):
+def test_plan_sorts_by_step_count_deterministically(tiny, tiny_runtime, chunked):
     plan = chunked.plan(JOBS)  # steps 3, 5, 6
-    assert plan == Evaluator(tiny, engine(tiny, chunk_k=2)).plan(JOBS)
+    assert plan == Evaluator(tiny_runtime, engine(tiny, chunk_k=2)).plan(JOBS)
     assert sorted(i for g in plan for i in g) == [0, 1, 2] and all(len(g) <= 2 for g in plan)
     assert [i for g in plan for i in g] == [2, 1, 0]  # calls follow the step order
     ties = [JOBS[1], JOBS[1], JOBS[1]]  # equal counts keep job order
     assert [i for g in chunked.plan(ties) for i in g] == [0, 1, 2]
-    assert Evaluator(tiny, engine(tiny, chunk_k=8)).plan(JOBS) == [[2, 1, 0]]  # short jobs: one call
+    assert Evaluator(tiny_runtime, engine(tiny, chunk_k=8)).plan(JOBS) == [[2, 1, 0]]  # short jobs: one call
 
 
 def sized_jobs(sequences: list[int]) -> list[AdaptJob]:
@@ -92,23 +92,21 @@ def sized_jobs(sequences: list[int]) -> list[AdaptJob]:
     ]
 
 
-def test_plan_splits_unequal_jobs_when_idle_steps_outweigh_a_call(tiny):
+def test_plan_splits_unequal_jobs_when_idle_steps_outweigh_a_call(tiny, tiny_runtime):
     # The benchmark's 15 self-edits: 6, 7 and 8 lines (3 each) and 11 lines (6): 60-110 steps.
     jobs = sized_jobs([11, 11, 7, 8, 6] * 3)
-    cpu = Evaluator(tiny, engine(tiny, chunk_k=15))
+    cpu = Evaluator(tiny_runtime, engine(tiny, chunk_k=15))
     assert [len(g) for g in cpu.plan(jobs)] == [9, 6]  # 1380 adapter-steps (90 idle) vs 1650 in one call
-    accelerator = Evaluator(tiny, dataclasses.replace(engine(tiny, chunk_k=15), step_cost=15.0))
+    accelerator = Evaluator(tiny_runtime, dataclasses.replace(engine(tiny, chunk_k=15), step_cost=15.0))
     assert [len(g) for g in accelerator.plan(jobs)] == [15]  # a step of 15 adapters costs about one
     equal = cpu.plan(sized_jobs([4] * 50))  # equal jobs: fewest calls, balanced (not 15+15+15+5)
     assert sorted(len(g) for g in equal) == [12, 12, 13, 13]
 
 
-def test_zero_example_job_answers_like_the_base_model(tiny, chunked, chunked_results):
+def test_zero_example_job_answers_like_the_base_model(tiny_runtime, chunked, chunked_results):
     empty = AdaptJob((), JOBS[0].hparams, seed=JOBS[0].seed, queries=QUERIES)
     adapted, untouched = chunked.run([JOBS[0], empty])
-    base = generate_texts(
-        tiny.tokenizer, tiny.graphdef(), tiny.base, None, list(QUERIES), chunked.cfg.sampling, seed=empty.seed
-    )
+    base = tiny_runtime.sample(list(QUERIES), chunked.cfg.sampling, seed=empty.seed)
     assert untouched.answers == base and untouched.losses == []
     assert adapted.answers == chunked_results[0].answers  # its chunk-mate is unaffected
     assert adapted.answers != base  # same seed, trained weights: the answers depend on the adapter
