@@ -103,6 +103,21 @@ SCRIPT = textwrap.dedent("""
                                  "shard_size": leaf.addressable_shards[0].data.size, "size": leaf.size}
                           for name, leaf in leaf_names(rt_fsdp.base).items()}
 
+    # The M-step (`sft`: one adapter, batch rows on `data` when it divides them) on the fsdp mesh, whose program
+    # takes the base as it is sharded (`runtime.adapt_program`), vs one device.
+    from seal_jax.domains.base import TrainExample
+    from seal_jax.engine.sft import SftConfig, sft
+    pairs = [TrainExample("Write about the Zarn tower.", "It stands on a hill " * (i + 1)) for i in range(4)]
+    sft_cfg = SftConfig(lora=LoraConfig(rank=4, alpha=8.0, targets=("q", "v")), batch_size=2, epochs=2,
+                        learning_rate=1e-2, remat=False)
+    one_sft = sft(Runtime(model, default_mesh()), pairs, sft_cfg, seed=3)
+    fsdp_sft = sft(rt_fsdp, pairs, sft_cfg, seed=3)
+    out["sft_max_diff"] = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                              for a, b in zip(jax.tree.leaves(one_sft.adapter), jax.tree.leaves(fsdp_sft.adapter)))
+    out["sft_trained"] = max(float(np.abs(np.asarray(x)).max()) for x in jax.tree.leaves(fsdp_sft.adapter))
+    out["sft_losses_equal"] = bool(np.allclose(one_sft.losses, fsdp_sft.losses, atol=1e-4))
+    out["sft_base_still_fsdp"] = str(rt_fsdp.base["layers"]["wq"][...].sharding.spec)
+
     # Runtime.merge on the (4, 2, 1) mesh vs merge_lora on the host; the merged base keeps its shardings.
     adapter = init_lora(model.config, lora_cfg, jax.random.key(3))
     adapter = jax.tree.map(lambda x: np.asarray(x + 0.1 * jax.random.normal(jax.random.key(4), x.shape)),
@@ -221,3 +236,10 @@ def test_runtime_merge_equals_merge_lora_and_keeps_the_shardings(eight_devices):
     assert r["merge_max_diff"] < 1e-6
     assert r["merge_keeps_shardings"]
     assert r["merge_wq_spec"] == str(PartitionSpec(None, "fsdp", "tensor"))
+
+
+def test_the_m_step_on_an_fsdp_mesh_equals_one_device(eight_devices):
+    r = eight_devices
+    assert r["sft_trained"] > 1e-3  # B moved off zero
+    assert r["sft_max_diff"] < 1e-5 and r["sft_losses_equal"]
+    assert r["sft_base_still_fsdp"] == str(PartitionSpec(None, "fsdp", None))
