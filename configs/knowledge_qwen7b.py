@@ -17,6 +17,11 @@ def get_config():
     cfg.data.num_train = 100
     cfg.data.num_eval = 200
     cfg.inner.chunk_k = 15
+    # Base weights sharded over every chip (FSDP), adapters not split: Qwen2.5-7B's 15.2 GB of bf16 weights do
+    # not fit one 16 GB v5e chip next to the programs' activations, so the default data-parallel mesh (a full
+    # copy per chip) cannot run; `python -m seal_jax.aot` checks the fit per topology (docs/scale.md).
+    cfg.mesh.data = 1
+    cfg.mesh.fsdp = -1
     cfg.inner.plan_step_cost = float(cfg.inner.chunk_k)  # accelerator: K adapters cost about one
     cfg.eval.grader = "offline"  # "judge" + OPENAI_API_KEY for the paper's GPT-4.1 grading
     return cfg

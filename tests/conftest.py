@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# With libtpu installed (the aot extra), JAX would probe for TPU chips first: the suite runs on the CPU.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 import pytest
 
 from seal_jax.engine.runtime import Runtime

@@ -1,0 +1,81 @@
+"""`python -m seal_jax.aot` on the tiny random model for a v5e:2x2 topology (libtpu, no TPU needed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seal_jax.aot import shapes
+from seal_jax.aot.programs import Compiled
+from seal_jax.models.known import known_names, model_config
+
+ROOT = Path(__file__).resolve().parents[1]
+LAST = re.compile(
+    r"AOT topology=(\S+) fits=(yes|no) peak_hbm_gb=([\d.]+) hbm_gb=(\d+) round_minutes=([\d.]+) chunk_k=(\d+)"
+)
+
+
+def test_known_configs_are_the_paper_models():
+    assert known_names() == ["Qwen/Qwen2.5-7B", "meta-llama/Llama-3.2-1B-Instruct"]
+    qwen = model_config("Qwen/Qwen2.5-7B@main")
+    assert (qwen.num_layers, qwen.hidden_size, qwen.num_kv_heads, qwen.vocab_size) == (28, 3584, 4, 152064)
+    llama = model_config("meta-llama/Llama-3.2-1B-Instruct")
+    assert llama.tie_word_embeddings and llama.rope_scaling is not None and llama.head_dim == 64
+    with pytest.raises(KeyError, match="known models"):
+        model_config("org/unknown")
+
+
+def test_shape_overrides():
+    from configs.knowledge_qwen7b import get_config
+
+    base = shapes.knowledge_shapes(get_config())
+    assert (base.samples, base.adaptations, base.adapt_real_steps, base.adapt_steps) == (250, 750, 90, 96)
+    changed = base.replace({"adapt_lengths": "32,64", "sft_pairs": "10"})
+    assert changed.adapt_lengths == (32, 64) and changed.sft_pairs == 10
+    with pytest.raises(KeyError):
+        base.replace({"nope": "1"})
+
+
+def test_peak_subtracts_donated_aliases():
+    assert Compiled("x", 10, 4, 3, 1, 4, 0.0).peak == 14
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (the aot extra)")
+def test_tiny_model_compiles_for_v5e_2x2(tmp_path):
+    record = tmp_path / "aot.json"
+    cmd = [
+        sys.executable, "-m", "seal_jax.aot", "--config", "configs/knowledge_qwen7b.py",
+        "--config.model=tiny-random-llama", "--config.dtype=float32", "--config.mesh.data=-1",
+        "--config.mesh.fsdp=1", "--config.restem.max_self_edit_tokens=64", "--topology=v5e:2x2", "--nosearch_k",
+        "--shape=sft_length=64", "--shape=sft_pairs=10", "--shape=sample_prompt=64", f"--json={record}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("JAX_PLATFORMS", None)  # the tool sets its own (the CPU backend; the TPU topology is deviceless)
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    match = LAST.fullmatch(out.stdout.strip().splitlines()[-1])
+    assert match, out.stdout[-500:]
+    topology, fits, peak, hbm, _, chunk_k = match.groups()
+    assert (topology, fits, int(hbm), int(chunk_k)) == (
+        "v5e:2x2",
+        "yes",
+        16,
+        16,
+    )  # chunk_k 15 padded to data=4
+    data = json.loads(record.read_text())
+    programs = {p["name"].split()[0]: p for p in data["programs"]}
+    assert set(programs) == {"sample", "adapt", "answer", "M-step", "merge"}
+    assert data["base_bytes_per_device"] > 0
+    for p in programs.values():
+        assert p["argument"] >= data["base_bytes_per_device"], p  # every program takes the (replicated) base
+        assert p["output"] > 0 and p["peak"] > 0
+    for name in ("sample", "adapt", "answer", "M-step"):
+        assert programs[name]["temp"] > 0, name
+    assert max(p["peak"] for p in programs.values()) / 2**30 == pytest.approx(float(peak), abs=0.01)
