@@ -107,7 +107,7 @@ def generate(
     slots = jnp.arange(p)[None, :]
     left_padded = jnp.take_along_axis(prompts, (slots - pad[:, None]) % p, axis=1)
     positions = jnp.maximum(slots - pad[:, None], -1)
-    cache = KVCache.zeros(model.config, b, p + cfg.max_new)
+    cache = KVCache.zeros(model.config, b, p + cfg.max_new, model.cache_dtype())
     layers = model.layer_slices()  # sliced once: loop invariants of the decode loop
     hidden, cache = model(left_padded, positions, cache, write_at=0, layers=layers)
     head = model.head()

@@ -61,7 +61,9 @@ def jaxprs(model, kernels: str):
 def row_sum_dots(jaxpr) -> int:
     """Matrix-vector products [..., n] @ [n, 1]: the custom backwards' row sums (`transformer.row_dot`). The
     differentiated program inlines the backward rules, so they are recognized by these."""
-    return sum(1 for e in eqns(jaxpr) if e.primitive.name == "dot_general" and e.outvars[0].aval.shape[-1] == 1)
+    return sum(
+        1 for e in eqns(jaxpr) if e.primitive.name == "dot_general" and e.outvars[0].aval.shape[-1] == 1
+    )
 
 
 def bitcasts(jaxpr) -> int:
@@ -79,7 +81,9 @@ def test_xla_cpu_kernels_use_the_custom_backwards_and_layer_bits(tiny_bf16):
 def test_plain_kernels_use_neither(tiny_bf16):
     forward, training = jaxprs(tiny_bf16, "plain")
     assert not custom_backwards(forward) & CPU_BACKWARDS
-    assert custom_backwards(forward)  # the walk does see custom VJPs here (the bf16 matmuls' cotangent rounding)
+    assert custom_backwards(
+        forward
+    )  # the walk does see custom VJPs here (the bf16 matmuls' cotangent rounding)
     assert row_sum_dots(training) == 0
     assert bitcasts(training) == 0
 
@@ -88,3 +92,43 @@ def test_kernels_follow_the_platform():
     assert kernels_for("cpu") == "xla_cpu"
     assert kernels_for("tpu") == kernels_for("gpu") == "plain"
     assert load_model("tiny-random-llama").kernels == "xla_cpu"  # picked by the mesh's platform (a CPU here)
+
+
+def test_plain_kernels_keep_the_kv_cache_in_the_weights_dtype():
+    """With "plain" kernels (TPU, GPU) the KV cache is bf16 next to bf16 weights (half the bytes of the f32 cache
+    XLA:CPU needs; XLA:CPU cannot run such a bf16 batched dot, so this checks the traced program), and in f32 the
+    plain program decodes the tokens of the XLA:CPU one."""
+    from seal_jax.engine.sampling import SamplingConfig, generate_jit
+
+    prompts, lens = jnp.asarray([[5, 6, 7, 8], [9, 10, 0, 0]], jnp.int32), jnp.asarray([4, 2], jnp.int32)
+    cfg = SamplingConfig(max_new=4)
+
+    def cache_dtypes(base, kernels: str) -> set:
+        graphdef = graphdef_for(base_cfg, None, kernels)
+        jaxpr = jax.make_jaxpr(
+            lambda b: generate_jit(b, None, prompts, lens, jax.random.key(0), graphdef=graphdef, cfg=cfg)
+        )(base)
+        return {
+            str(e.outvars[0].aval.dtype)
+            for e in eqns(jaxpr.jaxpr)
+            if e.primitive.name == "dynamic_update_slice" and len(e.outvars[0].aval.shape) == 3
+        }
+
+    bf16 = load_model("tiny-random-llama", jnp.bfloat16)
+    base_cfg = bf16.config
+    assert cache_dtypes(bf16.base, "plain") == {"bfloat16"}
+    assert cache_dtypes(bf16.base, "xla_cpu") == {"float32"}
+    f32 = load_model("tiny-random-llama")
+    tokens = {
+        kernels: generate_jit(
+            f32.base,
+            None,
+            prompts,
+            lens,
+            jax.random.key(0),
+            graphdef=graphdef_for(base_cfg, None, kernels),
+            cfg=cfg,
+        )[0].tolist()
+        for kernels in ("xla_cpu", "plain")
+    }
+    assert tokens["plain"] == tokens["xla_cpu"]
