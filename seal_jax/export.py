@@ -28,7 +28,7 @@ from safetensors.numpy import save_file
 from seal_jax.engine.checkpoint import RoundCheckpoints
 from seal_jax.engine.runtime import Runtime
 from seal_jax.errors import UserInputError
-from seal_jax.experiments.common import DTYPES, lora_config, sft_config
+from seal_jax.experiments.common import DTYPES, sft_config
 from seal_jax.main import _exit_bad_input, _parse_flags
 from seal_jax.models.bundle import LoadedModel, default_mesh, load_model
 from seal_jax.models.config import ModelConfig
@@ -186,7 +186,7 @@ def write_peft(out: Path, run: Run, round_: int, base_model: str | None) -> None
     export_peft(
         out,
         round_adapter(run, round_),
-        lora_config(cfg.sft),
+        sft_config(cfg.sft).lora,
         _model_config(run),
         base_model or default_base,
     )
