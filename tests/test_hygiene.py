@@ -76,3 +76,25 @@ def test_citations_of_the_docs_resolve():
         or anchor not in heading_anchors((REPO / "docs" / page).read_text())
     ]
     assert not missing, missing
+
+
+# pytest's fixture scope and subprocess's process-group flag are the only sessions a tracked file may name.
+TECHNICAL_SESSION = re.compile(r'scope\s*=\s*"session"|start_new_session')
+
+
+def test_no_tracked_file_speaks_of_work_sessions():
+    hits = [
+        f"{f}:{n}"
+        for f in tracked_files()
+        if f != "tests/test_hygiene.py"
+        for n, line in enumerate(read(f).splitlines(), 1)
+        if re.search(r"\bsessions?\b", TECHNICAL_SESSION.sub("", line), flags=re.IGNORECASE)
+    ]
+    assert not hits, hits
+
+
+def test_readme_is_a_short_guide():
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 250 and len(text) <= 12_000
+    for command in ("make demo", "make test"):
+        assert command in text and command.split()[1] + ":" in (REPO / "Makefile").read_text()
