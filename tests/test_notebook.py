@@ -4,6 +4,7 @@ round's adapter."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -58,6 +59,11 @@ def stream_text(nb) -> str:
 
 
 def test_notebook_runs_headless_on_cpu(tmp_path, monkeypatch):
+    # The kernel inherits this environment: with seal_jax imported from this checkout the notebook installs nothing.
+    spec = importlib.util.find_spec("seal_jax")
+    assert spec and Path(spec.origin).resolve().is_relative_to(NOTEBOOK.parents[1]), (
+        "seal_jax must be importable from this checkout (pip install -e . or PYTHONPATH): the notebook would install it"
+    )
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     workdir, export_dir = tmp_path / "run", tmp_path / "adapter"
