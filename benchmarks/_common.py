@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import statistics
 import time
@@ -25,8 +26,15 @@ from seal_jax.models.config import ModelConfig
 from seal_jax.models.transformer import weight_dot
 
 REPO = Path(__file__).resolve().parents[1]
-BASE_VAL = REPO.parent / "shared/data/seal_reference/knowledge/self_edits/base_val.json"
+# The reference's real data (a directory with knowledge/ and arc/), optional: see reference_path.
+REFERENCE_ENV = "SEAL_REFERENCE_DATA"
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+def reference_path(*parts: str) -> Path | None:
+    """`$SEAL_REFERENCE_DATA/<parts>`, or None when the variable is unset."""
+    root = os.environ.get(REFERENCE_ENV)
+    return Path(root, *parts) if root else None
 
 
 def median(xs: Sequence[float]) -> float:
@@ -207,12 +215,14 @@ class KnowledgeItem:
 
 
 def load_knowledge_items(n: int, offset: int = 0) -> tuple[list[KnowledgeItem], str]:
-    """`n` real passages with the reference's base-model self-edits (`base_val.json`), or the bundled demo
-    passages with self-edits made from their own sentences when that file is absent. Returns (items, source)."""
+    """`n` real passages with the reference's base-model self-edits (`$SEAL_REFERENCE_DATA/knowledge/
+    self_edits/base_val.json`), or the bundled demo passages with self-edits made from their own sentences when
+    that file is absent. Returns (items, source)."""
     from seal_jax.domains.knowledge.data import QA, load_demo, make_passage
 
-    if BASE_VAL.is_file():
-        rows = json.loads(BASE_VAL.read_text())[offset : offset + n]
+    base_val = reference_path("knowledge", "self_edits", "base_val.json")
+    if base_val is not None and base_val.is_file():
+        rows = json.loads(base_val.read_text())[offset : offset + n]
         items = [
             KnowledgeItem(
                 make_passage(
@@ -224,7 +234,7 @@ def load_knowledge_items(n: int, offset: int = 0) -> tuple[list[KnowledgeItem], 
         ]
         return (
             items,
-            f"{BASE_VAL.name} (reference base-model self-edits), passages {offset}..{offset + n - 1}",
+            f"{base_val.name} (reference base-model self-edits), passages {offset}..{offset + n - 1}",
         )
     items = []
     for p in load_demo()[offset : offset + n]:

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.grader_agreement [--results DIR]   # from the repo root
 
-DIR defaults to ../shared/data/seal_reference/knowledge/results (next to the repo).
+DIR defaults to $SEAL_REFERENCE_DATA/knowledge/results (the reference's result files with GPT-4.1 verdicts).
 
 Sweeps the rule's thresholds on a fit split (base, naive, iter1 runs), picks the best by Cohen's kappa, and
 reports it on the held-out runs (gpt4_1, iter2) and on all of them, next to the current defaults."""
@@ -16,11 +16,11 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from benchmarks._common import REFERENCE_ENV, reference_path
 from seal_jax.domains.knowledge.grading import Lexical, OfflineGrader, lexical_scores
 
 FIT_RUNS = ("base", "naive", "iter1")
 HELD_OUT_RUNS = ("gpt4_1", "iter2")
-DEFAULT_RESULTS = Path(__file__).resolve().parents[1].parent / "shared/data/seal_reference/knowledge/results"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +96,14 @@ def _name(g: OfflineGrader) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--results", type=Path, default=DEFAULT_RESULTS, help="folder with eval_<run>.json files"
+        "--results",
+        type=Path,
+        default=reference_path("knowledge", "results"),
+        help=f"folder with eval_<run>.json files (default: ${REFERENCE_ENV}/knowledge/results)",
     )
     args = parser.parse_args()
+    if args.results is None:
+        parser.error(f"name the reference's result files: --results DIR, or set {REFERENCE_ENV}")
     judged = load_judged(args.results, FIT_RUNS + HELD_OUT_RUNS)
     fit = [j for j in judged if j.run in FIT_RUNS]
     held_out = [j for j in judged if j.run in HELD_OUT_RUNS]

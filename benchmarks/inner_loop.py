@@ -9,9 +9,9 @@ passage's questions. K = 15 evaluations of one passage (5 stored self-edits × 3
 
 1. seal_jax `Evaluator`, chunk_k=15 (15 adapters under one jit(vmap(scan)), then one vmapped generate);
 2. seal_jax one adapter at a time (the same code, chunk_k=1);
-3. the reference stack (SEAL_REFERENCE.md §2.5): HF `Trainer` + PEFT, every sequence padded to 2048 with EOS
-   and labels on the pads, then HF `generate` one question at a time. Far too slow to run whole on a CPU:
-   a few of its optimizer steps and one generate are timed and scaled by its step and question counts;
+3. the reference stack (docs/reference.md#knowledge-inner-loop): HF `Trainer` + PEFT, every sequence padded
+   to 2048 with EOS and labels on the pads, then HF `generate` one question at a time. Far too slow to run
+   whole on a CPU: a few of its optimizer steps and one generate are timed and scaled by its step and question counts;
 4. a fair PyTorch + PEFT loop: the same LoRA/optimizer/schedule in a plain loop, each sequence padded only
    to its own 64-token bucket with the padding masked (-100), batched HF `generate` over the questions.
 

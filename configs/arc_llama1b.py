@@ -1,5 +1,6 @@
-"""The paper's few-shot ARC run (SEAL_REFERENCE.md §3): Llama-3.2-1B-Instruct, the reference's 11 training and
-8 evaluation tasks, 15 self-edits per training task, 1 ReST-EM round, 5 self-edits per evaluation task.
+"""The paper's few-shot ARC run (docs/reference.md#arc-model-and-tasks): Llama-3.2-1B-Instruct, the
+reference's 11 training and 8 evaluation tasks, 15 self-edits per training task, 1 ReST-EM round, 5 self-edits
+per evaluation task.
 
 Needs an accelerator. The model is a Hugging Face hub id, taken from the local HF cache or downloaded into it (a
 gated repo: accept its license, then `hf auth login` or HF_TOKEN); a local HF checkpoint dir works too:

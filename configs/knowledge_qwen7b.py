@@ -1,5 +1,6 @@
-"""The paper's knowledge-incorporation run (SEAL_REFERENCE.md §2): Qwen2.5-7B base, SQuAD via `datasets`,
-50 passages × 5 self-edits × 3 seeds per round, 2 rounds, best-of-5, held-out 200 validation passages.
+"""The paper's knowledge-incorporation run (docs/reference.md#knowledge-model-and-data): Qwen2.5-7B base,
+SQuAD via `datasets`, 50 passages × 5 self-edits × 3 seeds per round, 2 rounds, best-of-5, held-out 200
+validation passages.
 
 Needs an accelerator. The model is a Hugging Face hub id, taken from the local HF cache or downloaded into it
 (offline: `hf download Qwen/Qwen2.5-7B --include '*.safetensors' --include '*.json' --include 'tokenizer*'`

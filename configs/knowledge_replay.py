@@ -3,7 +3,10 @@
 Default: the reference's Qwen2.5-7B self-edits (naive = passage only, base, iter2 = SEAL, gpt4_1) on their first
 `num_passages` validation passages, the first completion each, with the embedded SmolLM2 as the adapted model:
   python -m seal_jax.main --config configs/knowledge_replay.py \
-      --config.replay.directory=../shared/data/seal_reference/knowledge/self_edits --config.replay.num_passages=50
+      --config.replay.directory=<reference data>/knowledge/self_edits --config.replay.num_passages=50
+
+`replay.directory` has no default: the self-edit files are not part of seal_jax (an unset directory is a
+one-line error).
 """
 
 from seal_jax import defaults
@@ -14,6 +17,5 @@ def get_config():
     cfg.experiment = "knowledge_replay"
     cfg.workdir = "runs/knowledge_replay"
     cfg.domain.chat = True
-    cfg.replay.directory = "../shared/data/seal_reference/knowledge/self_edits"
     cfg.replay.num_passages = 50
     return cfg

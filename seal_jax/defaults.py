@@ -141,7 +141,8 @@ def knowledge() -> ml_collections.ConfigDict:
 
 
 def arc() -> ml_collections.ConfigDict:
-    """Few-shot ARC (SEAL_REFERENCE.md §3): Llama-3.2-1B-Instruct, 11 train / 8 eval reference tasks."""
+    """Few-shot ARC (docs/reference.md#arc-model-and-tasks): Llama-3.2-1B-Instruct, 11 train / 8 eval
+    reference tasks."""
     cfg = common()
     cfg.experiment = "arc"
     cfg.model = "meta-llama/Llama-3.2-1B-Instruct"

@@ -31,7 +31,7 @@ from seal_jax.models.transformer import init_lora
 
 @dataclasses.dataclass(frozen=True)
 class RestemConfig:
-    """Outer-loop settings; defaults are the reference's knowledge run (SEAL_REFERENCE.md §2.7)."""
+    """Outer-loop settings; defaults are the reference's knowledge run (docs/reference.md#knowledge-rest-em)."""
 
     rounds: int = 2
     contexts_per_round: int = 50

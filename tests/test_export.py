@@ -24,11 +24,11 @@ from seal_jax import defaults
 from seal_jax import export as ex
 from seal_jax.engine.checkpoint import RoundCheckpoints
 from seal_jax.errors import UserInputError
-from seal_jax.models import testing
 from seal_jax.models.bundle import load_model
 from seal_jax.models.config import tiny_config
 from seal_jax.models.lora import TARGETS, LoraConfig
 from seal_jax.models.transformer import init_lora
+from tests.helpers import model_files
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_run(root: Path, arch: str) -> tuple[Path, Path, dict, list[dict]]:
     """(workdir, base HF dir, base HF params, per-round flat adapters) of a finished 2-round float32 run."""
     cfg = tiny_config(arch)
-    hf = testing.random_hf_params(cfg, seed=1)
-    base_dir = testing.write_hf_checkpoint(root / f"{arch}-base", cfg, hf)
+    hf = model_files.random_hf_params(cfg, seed=1)
+    base_dir = model_files.write_hf_checkpoint(root / f"{arch}-base", cfg, hf)
     run_cfg = defaults.knowledge()
     run_cfg.model, run_cfg.dtype = str(base_dir), "float32"
     run_cfg.sft.lora_rank, run_cfg.sft.lora_alpha = LORA.rank, LORA.alpha
@@ -125,14 +125,14 @@ def test_hf_export_loads_in_transformers_and_equals_our_policy(run, tmp_path):
     model = hf_model(out)
     theirs = torch_logits(model)
     ours = our_logits(workdir, ROUNDS)
-    reference = testing.numpy_reference_logits(cfg, expected, TOKENS)
+    reference = model_files.numpy_reference_logits(cfg, expected, TOKENS)
     print(f"{arch} hf: max |ours - transformers| = {np.abs(ours - theirs).max():.2e}")
     np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
     np.testing.assert_allclose(theirs, reference, atol=1e-4, rtol=0)
     assert np.abs(theirs - torch_logits(hf_model(base_dir))).max() > 1e-2  # the adapters changed the model
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     text = "the cat sat on the mat"
-    assert tokenizer(text)["input_ids"] == testing.toy_tokenizer()(text)["input_ids"]
+    assert tokenizer(text)["input_ids"] == model_files.toy_tokenizer()(text)["input_ids"]
 
 
 def test_hf_export_in_bfloat16(run, tmp_path):
@@ -251,11 +251,13 @@ def test_config_of_a_run_is_read_back(tmp_path):
 def test_hf_export_of_a_gguf_model(tmp_path):
     """A GGUF-sourced policy exports with its metadata-built tokenizer; transformers computes our logits."""
     cfg = tiny_config("llama")
-    model = load_model(str(testing.write_gguf(tmp_path / "m.gguf", cfg, testing.random_hf_params(cfg))))
+    model = load_model(
+        str(model_files.write_gguf(tmp_path / "m.gguf", cfg, model_files.random_hf_params(cfg)))
+    )
     ex.write_hf(tmp_path / "hf", model, np.float32)
     ours = np.asarray(nnx.merge(model.graphdef(), model.base).forward_logits(TOKENS))
     np.testing.assert_allclose(torch_logits(hf_model(tmp_path / "hf")), ours, atol=1e-4, rtol=0)
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = "<|im_start|>user\nthe answer<|im_end|>"
     assert tokenizer(text)["input_ids"] == model.tokenizer(text)["input_ids"]
-    assert tokenizer.chat_template == testing.TOY_CHAT_TEMPLATE
+    assert tokenizer.chat_template == model_files.TOY_CHAT_TEMPLATE

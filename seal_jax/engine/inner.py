@@ -36,8 +36,8 @@ SCHEDULES = ("linear", "cosine")  # HF's schedules: linear decay / cosine, each 
 class InnerConfig:
     """Static settings of the LoRA inner loop (hashable: a jit static argument).
 
-    Defaults are the reference's knowledge-domain loop (SEAL_REFERENCE.md §2.5): r32 α64 on q,v; batch 1; AdamW
-    (0.9, 0.999, 1e-8), no weight decay, linear decay without warmup, grad-norm clip 1.0.
+    Defaults are the reference's knowledge-domain loop (docs/reference.md#knowledge-inner-loop): r32 α64 on
+    q,v; batch 1; AdamW (0.9, 0.999, 1e-8), no weight decay, linear decay without warmup, grad-norm clip 1.0.
     `pad_to` + `pad_in_loss` reproduce the reference's pad-to-2048-with-EOS-labels behaviour for parity runs.
     Each compiled chunk runs its steps at up to `max_levels` lengths (multiples of `length_bucket`) chosen for
     its data (`length_levels`); each length is a `lax.switch` branch. `coupled_order` places each adapter's r-th

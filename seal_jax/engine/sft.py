@@ -1,7 +1,7 @@
 """The ReST-EM M-step: LoRA SFT of the policy on kept (prompt, self-edit) pairs (the caller merges the adapter).
 
 It reuses the inner loop's `adapt` with K = 1 (completion-only loss: the prompt's tokens carry none).
-Reference defaults (SEAL_REFERENCE.md §2.7): LoRA r64 α128 on all projections, lr 3e-4, 2 epochs, batch 10,
+Reference defaults (docs/reference.md#knowledge-rest-em): LoRA r64 α128 on all projections, lr 3e-4, 2 epochs, batch 10,
 linear decay, no warmup. The reference averages per-micro-batch means under gradient accumulation; here the loss
 is the token mean over the whole batch of 10.
 """

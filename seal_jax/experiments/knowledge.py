@@ -165,6 +165,11 @@ NO_UPDATE = "no_update"
 
 def replay(cfg: Any) -> dict[str, Any]:
     """Evaluates given self-edit files (reference format) through the inner loop: the paper's Table 2 layout."""
+    if not str(cfg.replay.directory).strip():
+        raise UserInputError(
+            "replay.directory is unset: name the folder of <name>_val.json self-edit files "
+            "(--config.replay.directory=DIR)"
+        )
     model = common.load(cfg)
     files = {
         name: Path(cfg.replay.directory) / f"{name}_val.json" for name in common.targets(cfg.replay.names)

@@ -2,7 +2,7 @@
 
 Parameters follow the flat layout of `loading.py` (linear weights `[in, out]`, layers stacked on axis 0). Training
 runs the layers under `lax.scan`, so compile time does not grow with depth; cached decoding unrolls them over
-per-layer slices (see `Transformer.__call__`). The model is used functionally (ARCHITECTURE.md):
+per-layer slices (see `Transformer.__call__`). The model is used functionally (docs/design.md#model-models):
 
     graphdef, lora, base = nnx.split(model, nnx.LoRAParam, nnx.Param)
     hidden, cache = forward(graphdef, base, lora, tokens, positions)      # inside jit / vmap

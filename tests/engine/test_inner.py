@@ -25,8 +25,8 @@ from seal_jax.engine.inner import (
 )
 from seal_jax.models.bundle import load_model
 from seal_jax.models.lora import LoraConfig
-from seal_jax.models.testing import find_equations
 from seal_jax.models.transformer import forward, init_lora_k
+from tests.helpers.model_files import find_equations
 
 LORA = LoraConfig(rank=4, alpha=8, targets=("q", "v", "down"))
 CFG = InnerConfig(lora=LORA, length_bucket=16, loss_chunk=8, step_bucket=4)

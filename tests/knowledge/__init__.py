@@ -1,9 +1,8 @@
-"""Tests of the knowledge domain. Reference data (`../shared`, next to the repo) is optional: tests that
+"""Tests of the knowledge domain. Reference data (`$SEAL_REFERENCE_DATA/knowledge`) is optional: tests that
 need it skip."""
 
-from pathlib import Path
+from tests.helpers.reference_data import reference_dir
+from tests.helpers.reference_data import requires_reference as _requires
 
-import pytest
-
-REFERENCE = Path(__file__).parents[2].parent / "shared" / "data" / "seal_reference" / "knowledge"
-requires_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference data not at {REFERENCE}")
+REFERENCE = reference_dir("knowledge")
+requires_reference = _requires("knowledge")

@@ -57,6 +57,14 @@ def test_replay_without_file_names_is_a_one_line_error(tmp_path):
         knowledge.replay(replay_config(tmp_path, " , "))
 
 
+def test_replay_without_a_directory_is_a_one_line_error_before_loading(tmp_path, monkeypatch):
+    cfg = replay_config(tmp_path, "base")
+    cfg.replay.directory = ""
+    monkeypatch.setattr(knowledge.common, "load", lambda cfg: pytest.fail("loaded the model before checking"))
+    with pytest.raises(UserInputError, match=r"replay\.directory is unset"):
+        knowledge.replay(cfg)
+
+
 def test_replay_refuses_a_file_named_like_the_no_update_row(tmp_path):
     with pytest.raises(UserInputError, match="no_update"):
         knowledge.replay(replay_config(tmp_path, f"{knowledge.NO_UPDATE}"))

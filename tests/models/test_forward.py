@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seal_jax.models import testing
 from seal_jax.models.config import RopeScaling, tiny_config
 from seal_jax.models.loading import load_pretrained, params_to_hf
 from seal_jax.models.transformer import Transformer
+from tests.helpers import model_files
 
 CONFIGS = {
     "llama": tiny_config("llama"),
@@ -23,12 +23,12 @@ CONFIGS = {
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_jax_forward_matches_numpy_reference(tmp_path, name):
     cfg = CONFIGS[name]
-    hf = testing.random_hf_params(cfg, seed=5)
-    loaded = load_pretrained(testing.write_hf_checkpoint(tmp_path, cfg, hf))
+    hf = model_files.random_hf_params(cfg, seed=5)
+    loaded = load_pretrained(model_files.write_hf_checkpoint(tmp_path, cfg, hf))
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 33))
     model = Transformer.from_params(loaded.config, loaded.params)
     logits = model.forward_logits(jnp.asarray(tokens, jnp.int32))
-    expected = testing.numpy_reference_logits(cfg, hf, tokens)
+    expected = model_files.numpy_reference_logits(cfg, hf, tokens)
     assert logits.shape == expected.shape and logits.dtype == jnp.float32
     assert float(np.abs(np.asarray(logits) - expected).max()) < 1e-4
 
@@ -50,7 +50,7 @@ def test_smollm2_jax_logits_match_numpy_reference(smollm2):
     loaded, model = smollm2
     tokens = np.asarray([chat_prompt(loaded.tokenizer, "Name a prime number.")])
     logits = np.asarray(model.forward_logits(jnp.asarray(tokens, jnp.int32)))
-    expected = testing.numpy_reference_logits(loaded.config, params_to_hf(loaded.params), tokens)
+    expected = model_files.numpy_reference_logits(loaded.config, params_to_hf(loaded.params), tokens)
     assert float(np.abs(logits - expected).max()) < 1e-3 * float(np.abs(expected).max())
     assert (logits.argmax(-1) == expected.argmax(-1)).all()
 

@@ -23,10 +23,11 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import filter_repo_objects
 
-from seal_jax.models import hub, testing
+from seal_jax.models import hub
 from seal_jax.models.bundle import load_model
 from seal_jax.models.config import tiny_config
 from seal_jax.models.loading import CheckpointError, load_pretrained
+from tests.helpers import model_files
 
 REPO = Path(__file__).resolve().parents[2]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -91,12 +92,14 @@ def test_offline_without_cache_exits_2_with_one_line(tmp_path):
 def test_cached_hub_id_loads_offline(offline_cache, tmp_path, ref):
     cfg = tiny_config("qwen2")
     snapshot = cached_snapshot(offline_cache, "org/tiny-qwen")
-    testing.write_hf_checkpoint(snapshot, cfg, testing.random_hf_params(cfg, seed=3))
+    model_files.write_hf_checkpoint(snapshot, cfg, model_files.random_hf_params(cfg, seed=3))
     loaded = load_model(f"org/tiny-qwen{ref}")
     assert loaded.config == cfg
     assert load_pretrained(f"org/tiny-qwen{ref}").source == str(snapshot)
     # Same weights as loading the directory itself (written out again elsewhere: not a cache lookup).
-    plain = testing.write_hf_checkpoint(tmp_path / "plain", cfg, testing.random_hf_params(cfg, seed=3))
+    plain = model_files.write_hf_checkpoint(
+        tmp_path / "plain", cfg, model_files.random_hf_params(cfg, seed=3)
+    )
     expected = load_model(str(plain))
     for got, want in zip(jax.tree.leaves(loaded.base), jax.tree.leaves(expected.base), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
@@ -104,8 +107,8 @@ def test_cached_hub_id_loads_offline(offline_cache, tmp_path, ref):
 
 def test_unknown_revision_offline_is_not_cached(offline_cache):
     cfg = tiny_config("llama")
-    testing.write_hf_checkpoint(
-        cached_snapshot(offline_cache, "org/tiny"), cfg, testing.random_hf_params(cfg)
+    model_files.write_hf_checkpoint(
+        cached_snapshot(offline_cache, "org/tiny"), cfg, model_files.random_hf_params(cfg)
     )
     with pytest.raises(
         CheckpointError, match="org/tiny@v2 is not in the local Hugging Face cache"
@@ -179,7 +182,7 @@ def test_existing_local_dir_shaped_like_a_hub_id_wins(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", _no_hub_call)
     monkeypatch.chdir(tmp_path)
     cfg = tiny_config("llama")
-    testing.write_hf_checkpoint(tmp_path / "runs" / "model", cfg, testing.random_hf_params(cfg))
+    model_files.write_hf_checkpoint(tmp_path / "runs" / "model", cfg, model_files.random_hf_params(cfg))
     assert hub.resolve_checkpoint("runs/model") == "runs/model"
     assert load_pretrained("runs/model").config == cfg
 

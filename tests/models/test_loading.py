@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from seal_jax.models import testing
 from seal_jax.models.config import ModelConfig, ModelConfigError, RopeScaling, tiny_config
 from seal_jax.models.loading import (
     CheckpointError,
@@ -27,6 +26,7 @@ from seal_jax.models.loading import (
 )
 from seal_jax.models.lora import TARGETS, LoraConfig, target_shape
 from seal_jax.models.tokenizer import TokenizerMetadataError, gguf_tokenizer
+from tests.helpers import model_files
 
 CONFIGS = {
     "llama": tiny_config("llama"),
@@ -88,8 +88,8 @@ def assert_one_line_error(excinfo: pytest.ExceptionInfo, *fragments: str) -> Non
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_hf_checkpoint_loads_into_our_layout(tmp_path, name, shards):
     cfg = CONFIGS[name]
-    hf = testing.random_hf_params(cfg, seed=1)
-    testing.write_hf_checkpoint(tmp_path, cfg, hf, shards=shards)
+    hf = model_files.random_hf_params(cfg, seed=1)
+    model_files.write_hf_checkpoint(tmp_path, cfg, hf, shards=shards)
     assert len(list(tmp_path.glob("*.safetensors"))) == shards
     loaded = load_pretrained(tmp_path)
     assert loaded.config == cfg
@@ -97,14 +97,14 @@ def test_hf_checkpoint_loads_into_our_layout(tmp_path, name, shards):
     assert_params_equal(loaded.params, expected_layout(cfg, hf))
     assert {k: v.shape for k, v in loaded.params.items()} == param_shapes(cfg)
     assert all(v.dtype == np.float32 and v.flags.c_contiguous for v in loaded.params.values())
-    assert loaded.tokenizer.encode(" the 12") == testing.toy_tokenizer().encode(" the 12")
+    assert loaded.tokenizer.encode(" the 12") == model_files.toy_tokenizer().encode(" the 12")
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_params_to_hf_inverts_loading(tmp_path, name):
     cfg = CONFIGS[name]
-    hf = testing.random_hf_params(cfg, seed=2)
-    testing.write_hf_checkpoint(tmp_path, cfg, hf)
+    hf = model_files.random_hf_params(cfg, seed=2)
+    model_files.write_hf_checkpoint(tmp_path, cfg, hf)
     back = params_to_hf(load_pretrained(tmp_path).params)
     assert sorted(back) == sorted(hf)
     for key, array in hf.items():
@@ -113,9 +113,9 @@ def test_params_to_hf_inverts_loading(tmp_path, name):
 
 def test_checkpoint_without_lm_head_ties_the_head(tmp_path):
     cfg = CONFIGS["llama-untied-llama3rope"]
-    hf = testing.random_hf_params(cfg)
+    hf = model_files.random_hf_params(cfg)
     del hf["lm_head.weight"]
-    testing.write_hf_checkpoint(tmp_path, cfg, hf)
+    model_files.write_hf_checkpoint(tmp_path, cfg, hf)
     loaded = load_pretrained(tmp_path)
     assert loaded.config.tie_word_embeddings
     assert "lm_head" not in loaded.params
@@ -123,8 +123,8 @@ def test_checkpoint_without_lm_head_ties_the_head(tmp_path):
 
 def test_bf16_checkpoint_and_dtype_cast(tmp_path):
     cfg = CONFIGS["qwen2"]
-    hf = {k: v.astype(ml_dtypes.bfloat16) for k, v in testing.random_hf_params(cfg).items()}
-    testing.write_hf_checkpoint(tmp_path, cfg, hf)
+    hf = {k: v.astype(ml_dtypes.bfloat16) for k, v in model_files.random_hf_params(cfg).items()}
+    model_files.write_hf_checkpoint(tmp_path, cfg, hf)
     as_f32 = load_pretrained(tmp_path).params
     as_bf16 = load_pretrained(tmp_path, dtype=jnp.bfloat16).params
     expected = expected_layout(cfg, {k: v.astype(np.float32) for k, v in hf.items()})
@@ -140,7 +140,7 @@ def test_numpy_reference_matches_transformers(name):
     import transformers
 
     cfg = CONFIGS[name]
-    hf = testing.random_hf_params(cfg, seed=3)
+    hf = model_files.random_hf_params(cfg, seed=3)
     model = transformers.AutoModelForCausalLM.from_config(
         transformers.AutoConfig.for_model(**cfg.to_hf_dict())
     )
@@ -149,7 +149,9 @@ def test_numpy_reference_matches_transformers(name):
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 40))
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(tokens)).logits.numpy()
-    np.testing.assert_allclose(testing.numpy_reference_logits(cfg, hf, tokens), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        model_files.numpy_reference_logits(cfg, hf, tokens), expected, atol=1e-4, rtol=0
+    )
 
 
 # ----- GGUF
@@ -159,7 +161,7 @@ def test_numpy_reference_matches_transformers(name):
 def test_unpermute_inverts_llama_cpp_permutation(heads):
     hd, fan_in = 16, 8
     w = np.random.default_rng(heads).normal(size=(heads * hd, fan_in))
-    permuted = testing.llama_cpp_permute(w, heads)
+    permuted = model_files.llama_cpp_permute(w, heads)
     # llama.cpp's layout, index by index: row 2j+p of a head holds row p*hd/2+j (interleaved rotary pairs).
     for h in range(heads):
         for j in range(hd // 2):
@@ -171,8 +173,8 @@ def test_unpermute_inverts_llama_cpp_permutation(heads):
 
 def test_tiny_gguf_loads_like_its_hf_checkpoint(tmp_path):
     cfg = CONFIGS["llama"]
-    hf = testing.random_hf_params(cfg, seed=4)
-    file = testing.write_gguf(tmp_path / "tiny.gguf", cfg, hf)
+    hf = model_files.random_hf_params(cfg, seed=4)
+    file = model_files.write_gguf(tmp_path / "tiny.gguf", cfg, hf)
     loaded = load_pretrained(file)
     assert loaded.config == cfg
     q8_0 = gguf.GGMLQuantizationType.Q8_0
@@ -186,8 +188,10 @@ def test_tiny_gguf_loads_like_its_hf_checkpoint(tmp_path):
 
 def test_gguf_tokenizer_from_metadata(tmp_path):
     cfg = CONFIGS["llama"]
-    _, _, tok = read_gguf(testing.write_gguf(tmp_path / "tiny.gguf", cfg, testing.random_hf_params(cfg)))
-    ids = testing.TOY_TOKENS.index
+    _, _, tok = read_gguf(
+        model_files.write_gguf(tmp_path / "tiny.gguf", cfg, model_files.random_hf_params(cfg))
+    )
+    ids = model_files.TOY_TOKENS.index
     # " the" is merged whole, digits are split one by one (and from the space), " and" is Ġa + n + d.
     assert tok.encode(" the 12 and") == [
         ids("Ġthe"),
@@ -214,13 +218,13 @@ def test_gguf_tokenizer_from_metadata(tmp_path):
 
 
 def test_gguf_tokenizer_adds_bos_when_asked():
-    tok = gguf_tokenizer(testing.TOY_TOKENIZER_METADATA | {"tokenizer.ggml.add_bos_token": True})
-    assert tok.encode("he") == [1, testing.TOY_TOKENS.index("he")]
+    tok = gguf_tokenizer(model_files.TOY_TOKENIZER_METADATA | {"tokenizer.ggml.add_bos_token": True})
+    assert tok.encode("he") == [1, model_files.TOY_TOKENS.index("he")]
 
 
 def test_gguf_tokenizer_rejects_unknown_pre_tokenizer():
     with pytest.raises(TokenizerMetadataError, match="'qwen2'"):
-        gguf_tokenizer(testing.TOY_TOKENIZER_METADATA | {"tokenizer.ggml.pre": "qwen2"})
+        gguf_tokenizer(model_files.TOY_TOKENIZER_METADATA | {"tokenizer.ggml.pre": "qwen2"})
 
 
 # ----- PEFT
@@ -280,9 +284,10 @@ def test_peft_library_reads_our_adapter(tmp_path):
 
     cfg = CONFIGS["llama"]
     lora_cfg = LORA_CONFIGS["all"]
-    hf = testing.random_hf_params(cfg)
+    hf = model_files.random_hf_params(cfg)
     lora = {k: 0.1 * v for k, v in random_lora(cfg, lora_cfg, seed=1).items()}
-    base_dir = testing.write_hf_checkpoint(tmp_path / "base", cfg, hf)  # local, so PEFT does not look it up
+    # local, so PEFT does not look it up
+    base_dir = model_files.write_hf_checkpoint(tmp_path / "base", cfg, hf)
     export_peft(tmp_path / "adapter", lora, lora_cfg, cfg, base_model_name=str(base_dir))
     base = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg.to_hf_dict()))
     base.load_state_dict({k: torch.from_numpy(v) for k, v in hf.items()}, strict=False)
@@ -298,7 +303,9 @@ def test_peft_library_reads_our_adapter(tmp_path):
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12))
     with torch.no_grad():
         logits = model(torch.from_numpy(tokens)).logits.numpy()
-    np.testing.assert_allclose(logits, testing.numpy_reference_logits(cfg, merged, tokens), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        logits, model_files.numpy_reference_logits(cfg, merged, tokens), atol=1e-4, rtol=0
+    )
 
 
 def test_import_peft_rejects_unsupported_settings(tmp_path):
@@ -328,7 +335,9 @@ def test_directory_without_safetensors(tmp_path):
 
 
 def test_directory_without_config(tmp_path):
-    testing.write_hf_checkpoint(tmp_path, CONFIGS["llama"], testing.random_hf_params(CONFIGS["llama"]))
+    model_files.write_hf_checkpoint(
+        tmp_path, CONFIGS["llama"], model_files.random_hf_params(CONFIGS["llama"])
+    )
     (tmp_path / "config.json").unlink()
     with pytest.raises(CheckpointError) as excinfo:
         load_pretrained(tmp_path)
@@ -337,7 +346,7 @@ def test_directory_without_config(tmp_path):
 
 def test_directory_without_tokenizer(tmp_path):
     cfg = CONFIGS["llama"]
-    testing.write_hf_checkpoint(tmp_path, cfg, testing.random_hf_params(cfg))
+    model_files.write_hf_checkpoint(tmp_path, cfg, model_files.random_hf_params(cfg))
     (tmp_path / "tokenizer.json").unlink()
     with pytest.raises(CheckpointError) as excinfo:
         load_pretrained(tmp_path)
@@ -346,7 +355,7 @@ def test_directory_without_tokenizer(tmp_path):
 
 def test_corrupt_safetensors(tmp_path):
     cfg = CONFIGS["llama"]
-    testing.write_hf_checkpoint(tmp_path, cfg, testing.random_hf_params(cfg))
+    model_files.write_hf_checkpoint(tmp_path, cfg, model_files.random_hf_params(cfg))
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(CheckpointError) as excinfo:
         load_pretrained(tmp_path)
@@ -355,7 +364,7 @@ def test_corrupt_safetensors(tmp_path):
 
 def test_unknown_model_type(tmp_path):
     cfg = CONFIGS["llama"]
-    testing.write_hf_checkpoint(tmp_path, cfg, testing.random_hf_params(cfg))
+    model_files.write_hf_checkpoint(tmp_path, cfg, model_files.random_hf_params(cfg))
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_hf_dict() | {"model_type": "gpt2"}))
     with pytest.raises(ModelConfigError) as excinfo:
         load_pretrained(tmp_path)
@@ -363,12 +372,12 @@ def test_unknown_model_type(tmp_path):
 
 
 def test_weights_that_do_not_match_the_config(tmp_path):
-    hf = testing.random_hf_params(CONFIGS["qwen2"])
-    testing.write_hf_checkpoint(tmp_path, tiny_config("llama", tie_word_embeddings=False), hf)
+    hf = model_files.random_hf_params(CONFIGS["qwen2"])
+    model_files.write_hf_checkpoint(tmp_path, tiny_config("llama", tie_word_embeddings=False), hf)
     with pytest.raises(CheckpointError) as excinfo:
         load_pretrained(tmp_path)
     assert_one_line_error(excinfo, str(tmp_path), "q_proj.bias")
-    testing.write_hf_checkpoint(tmp_path, tiny_config("qwen2", hidden_size=32), hf)
+    model_files.write_hf_checkpoint(tmp_path, tiny_config("qwen2", hidden_size=32), hf)
     with pytest.raises(CheckpointError) as excinfo:
         load_pretrained(tmp_path)
     assert_one_line_error(excinfo, str(tmp_path), "shape")
@@ -383,8 +392,8 @@ def test_bad_gguf_files(tmp_path):
         load_pretrained(tmp_path / "junk.gguf")
     assert_one_line_error(excinfo, str(tmp_path / "junk.gguf"))
     cfg = CONFIGS["llama"]
-    meta = testing.TOY_TOKENIZER_METADATA | {"tokenizer.ggml.pre": "qwen2"}
-    file = testing.write_gguf(tmp_path / "qwen_pre.gguf", cfg, testing.random_hf_params(cfg), meta)
+    meta = model_files.TOY_TOKENIZER_METADATA | {"tokenizer.ggml.pre": "qwen2"}
+    file = model_files.write_gguf(tmp_path / "qwen_pre.gguf", cfg, model_files.random_hf_params(cfg), meta)
     with pytest.raises(CheckpointError) as excinfo:
         load_pretrained(file)
     assert_one_line_error(excinfo, str(file), "'qwen2'")
@@ -476,6 +485,6 @@ def test_smollm2_answers_through_the_numpy_reference(smollm2):
     hf = params_to_hf(smollm2.params)
     tokens = tok.encode(prompt)
     for _ in range(8):
-        logits = testing.numpy_reference_logits(smollm2.config, hf, np.asarray([tokens]), np.float32)
+        logits = model_files.numpy_reference_logits(smollm2.config, hf, np.asarray([tokens]), np.float32)
         tokens.append(int(logits[0, -1].argmax()))
     assert "Paris" in tok.decode(tokens[len(tok.encode(prompt)) :])

@@ -13,8 +13,8 @@ from seal_jax.engine.inner import mean_token_loss
 from seal_jax.engine.sampling import SamplingConfig, generate_jit
 from seal_jax.models.bundle import load_model
 from seal_jax.models.lora import LoraConfig
-from seal_jax.models.testing import find_equations
 from seal_jax.models.transformer import init_lora, merge_model
+from tests.helpers.model_files import find_equations
 
 LORA = LoraConfig(rank=4, alpha=8, targets=("q", "v", "down"))
 TOKENS = jnp.asarray([[5, 17, 3, 99, 250, 7, 42, 8], [1, 2, 3, 4, 5, 6, 7, 8]], jnp.int32)

@@ -16,7 +16,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from seal_jax.models.config import ModelConfig
-from seal_jax.models.testing import toy_tokenizer
+from tests.helpers.model_files import toy_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 # 1.03e9 parameters: 20 layers of 45M plus a 32k x 2048 embedding and an untied head.

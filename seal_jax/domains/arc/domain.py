@@ -1,5 +1,5 @@
-"""The few-shot ARC domain (SEAL_REFERENCE §3): a context is an ARC task; a self-edit is a JSON training plan;
-the reward is pass@2 of the adapted model on the task's test inputs."""
+"""The few-shot ARC domain (docs/reference.md#arc-self-edit-format): a context is an ARC task; a self-edit
+is a JSON training plan; the reward is pass@2 of the adapted model on the task's test inputs."""
 
 from __future__ import annotations
 

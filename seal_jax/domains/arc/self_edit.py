@@ -1,5 +1,5 @@
 """The ARC self-edit: a prompt asking for a JSON training plan (augmentation groups + inner-loop settings) and
-a strict, never-raising parser for the reply (SEAL_REFERENCE §3.2)."""
+a strict, never-raising parser for the reply (docs/reference.md#arc-self-edit-format)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Test-time-training data for one ARC task (SEAL_REFERENCE §3.3; the reference's `process_task` with
-leave_n=[1, 2], permute_n=1, Nmax=250).
+"""Test-time-training data for one ARC task (docs/reference.md#arc-augmentations-and-training-data; the
+reference's `process_task` with leave_n=[1, 2], permute_n=1, Nmax=250).
 
 1. leave-n-out tasks: each demo in turn becomes the test, the other demos (minus n-1 more) stay as demos;
 2. every chosen augmenter applied to each of them, tasks with a grid over 30x30 dropped, union with the

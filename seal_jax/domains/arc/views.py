@@ -1,4 +1,4 @@
-"""Test-time evaluation queries for an adapted model (SEAL_REFERENCE §3.6; the reference's inference
+"""Test-time evaluation queries for an adapted model (docs/reference.md#arc-evaluation; the reference's inference
 `get_leave_n_test_task` with include_n=[1], permute_n=2).
 
 For each test input: every leave-1-out subset of the demos plus 2 random demo orders of each (deduped), then

@@ -1,4 +1,4 @@
-"""From an adapted model's answers to 2 attempts per test input, and pass@2 (SEAL_REFERENCE §3.6; the
+"""From an adapted model's answers to 2 attempts per test input, and pass@2 (docs/reference.md#arc-evaluation; the
 reference's `arclib/voting.vote`).
 
 Voting: each answer is parsed and mapped back through its view's inverse. Per category (all answers, then
