@@ -37,8 +37,8 @@ REMAT_POLICIES = {
 }
 LayerSlices = tuple[tuple[dict[str, Array], dict[str, tuple[Array, Array]]], ...]
 # Which kernels the model's program uses. "xla_cpu": the XLA:CPU workarounds (row sums as matrix-vector products
-# in the norm and softmax backwards, bf16 weights sliced as uint16 bits in the layer scan, an optimization barrier
-# in prefill attention), each measured faster on XLA:CPU (docs/design.md). "plain": the model as written, for
+# in the norm and softmax backwards, bf16 weights sliced as uint16 bits in the layer scan), each measured faster on
+# XLA:CPU (docs/design.md). "plain": the model as written, for
 # TPU and GPU, whose compilers need none of them. `kernels_for` picks by platform.
 Kernels = Literal["xla_cpu", "plain"]
 
@@ -315,13 +315,14 @@ def _cached_attention(
     kernels: Kernels,
 ) -> tuple[Array, tuple[Array, Array]]:
     """Writes k/v [B,T,Hkv,hd] to slots [write_at, write_at + T) of the layer's cache (k, v as in `KVCache`, the
-    slots' positions [B,S], write_at) in place, then attends over it. -> (f32 [B,T,Hq*hd], the updated (k, v)).
+    slots' positions [B,S], write_at) in place, then attends. -> (f32 [B,T,Hq*hd], the updated (k, v)).
 
-    A prompt (T > 1) attends with `dtype` operands, as in training, over the cache turned back to
-    [B, S, Hkv, hd]; with "xla_cpu" kernels a barrier keeps XLA from folding that transpose into the dots,
-    which would send bf16 operands to a dot kernel XLA:CPU lacks for them."""
+    One token (T == 1) attends over the whole cache. Several tokens are a prompt's prefill into an empty cache
+    (`sampling.generate`), so they attend over their own keys only, exactly as in training: attending over all
+    S slots would build [B, H, T, S] scores for slots that are still empty (Qwen2.5-7B, 16 prompts of 512 tokens
+    with 8192 new: 8 GB per layer, more than a v5e chip holds), and read the cache back in another layout."""
     k_cache, v_cache, k_pos, write_at = cache
-    b, t, hkv, hd = k.shape
+    t, hd = k.shape[1], k.shape[3]
     k_all = jax.lax.dynamic_update_slice(
         k_cache, k.transpose(0, 2, 3, 1).reshape(-1, hd, t).astype(k_cache.dtype), (0, 0, write_at)
     )
@@ -330,12 +331,7 @@ def _cached_attention(
     )
     if t == 1:
         return _decode_attention(q, k_all, v_all, positions, k_pos), (k_all, v_all)
-    k_seq = k_all.reshape(b, hkv, hd, -1).transpose(0, 3, 1, 2)  # back to [B, S, Hkv, hd] for a prompt
-    v_seq = v_all.reshape(b, hkv, -1, hd).transpose(0, 2, 1, 3)
-    k_seq, v_seq = k_seq.astype(dtype), v_seq.astype(dtype)
-    if kernels == "xla_cpu":
-        k_seq, v_seq = jax.lax.optimization_barrier((k_seq, v_seq))
-    return _attention(q, k_seq, v_seq, positions, k_pos, dtype, kernels), (k_all, v_all)
+    return _attention(q, k, v, positions, positions, dtype, kernels), (k_all, v_all)
 
 
 class LoraPair(nnx.Module):
