@@ -131,6 +131,9 @@ def knowledge() -> ml_collections.ConfigDict:
             "judge_base_url": "https://api.openai.com/v1",
             "judge_model": "gpt-4.1",
             "judge_api_key_env": "OPENAI_API_KEY",
+            # in-call sweep of the inner loop on the held-out self-edits (experiments/grid.py), e.g.
+            # "learning_rate=1e-3,3e-3;epochs=3,5": one more table row per setting
+            "inner_grid": "",
         }
     )
     cfg.restem = sections.section((RestemConfig(), RESTEM_KEYS))

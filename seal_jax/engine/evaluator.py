@@ -135,7 +135,10 @@ class Evaluator:
             [j.hparams.epochs for j in padded],
             [j.seed for j in padded],
             [j.hparams.learning_rate for j in padded],
-            [self.cfg.warmup_steps] * k,
+            [
+                self.cfg.warmup_steps if j.hparams.warmup_steps is None else j.hparams.warmup_steps
+                for j in padded
+            ],
             inner,
             pad_id(self.runtime.tokenizer),
         )
