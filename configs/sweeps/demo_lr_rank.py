@@ -1,9 +1,10 @@
 """Sweep: the inner loop's learning rate × LoRA rank on the knowledge demo (`docs/sweeps.md` has its table).
 
 `python -m seal_jax.sweep --config configs/sweeps/demo_lr_rank.py` runs 4 points, each a knowledge run in
-`runs/sweep_demo_lr_rank/<point>`. Sized for a 2-core CPU: no ReST-EM round and no baselines, so each point
-samples one self-edit per held-out passage from the unchanged policy (the same self-edits at every point: same
-seed) and scores it after adapting with that point's settings.
+`runs/sweep_demo_lr_rank/<point>`. Sized for a 2-core CPU: no ReST-EM round and no baselines, 4 held-out passages
+and at most 10 training sequences per self-edit, so each point samples one self-edit per held-out passage from
+the unchanged policy (the same self-edits at every point: same seed) and scores it after adapting with that
+point's settings.
 """
 
 from pathlib import Path
@@ -16,6 +17,8 @@ def get_config():
     cfg.workdir = "runs/sweep_demo_lr_rank"
     cfg.restem.rounds = 0
     cfg.eval.baselines = False
+    cfg.data.num_eval = 4
+    cfg.domain.max_sequences = 10
     return cfg
 
 
