@@ -23,6 +23,7 @@ from seal_jax.engine.text import format_chat
 from seal_jax.errors import UserInputError, require_positive
 from seal_jax.experiments import common, grid, heldout
 from seal_jax.experiments.workdir import open_workdir
+from seal_jax.metrics import Metrics
 from seal_jax.restem import Item, evaluate_items, run_restem, stable_seed
 
 
@@ -149,7 +150,10 @@ def run(cfg: Any) -> dict[str, Any]:
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
     restem_cfg = common.restem_config(cfg, writer)
     common.check_eval(cfg)
-    with open_workdir(cfg) as workdir:  # only now: every setting and the data are good
+    with (
+        open_workdir(cfg) as workdir,
+        Metrics(workdir) as metrics,
+    ):  # now: every setting and the data are good
         report.write_file(workdir / "selection_train.json", data.selection_json(train))
         report.write_file(workdir / "selection_eval.json", data.selection_json(evals))
         journal = Journal(workdir / "journal", "heldout")
@@ -168,13 +172,16 @@ def run(cfg: Any) -> dict[str, Any]:
                 "no RL",
                 evaluate_heldout("round0", evaluator, domain, writer, cfg, journal, settings),
             )
-        stats = run_restem(writer, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()})
+        stats = run_restem(
+            writer, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()}, metrics=metrics
+        )
         rows += grid.rows(
             f"SEAL ({cfg.restem.rounds} rounds)",
             "ReST-EM",
             evaluate_heldout("seal", evaluator, domain, writer, cfg, journal, settings),
         )
-        return common.finish(workdir, rows, stats, f"knowledge: {cfg.model}, {len(evals)} held-out passages")
+        title = f"knowledge: {cfg.model}, {len(evals)} held-out passages"
+        return common.finish(workdir, rows, stats, title, metrics)
 
 
 # Journal prefix of the replay's no-update row (self-edit files are keyed by their own names).
