@@ -86,6 +86,7 @@ def common() -> ml_collections.ConfigDict:
     cfg.writer_model = ""  # teacher-student: a separate self-edit writer ("" = the policy adapts itself)
     cfg.dtype = "bfloat16"  # base weights; matmuls take bf16 operands with f32 accumulation, activations f32
     cfg.num_cpu_devices = 0  # >0: fake CPU devices (sharding tests)
+    cfg.verbose = False  # True: libraries' INFO logs too (Orbax, absl); False: progress bars and round lines
     # Several processes (hosts) in one run: mode "off" | "auto" (TPU pod slices, SLURM: jax.distributed finds the
     # cluster) | "explicit" (coordinator_address "host:port", num_processes and this process's process_id, e.g.
     # GPU hosts). A peer silent for heartbeat_timeout seconds ends every process (engine/distributed.py).
@@ -130,6 +131,9 @@ def knowledge() -> ml_collections.ConfigDict:
             "judge_base_url": "https://api.openai.com/v1",
             "judge_model": "gpt-4.1",
             "judge_api_key_env": "OPENAI_API_KEY",
+            # in-call sweep of the inner loop on the held-out self-edits (experiments/grid.py), e.g.
+            # "learning_rate=1e-3,3e-3;epochs=3,5": one more table row per setting
+            "inner_grid": "",
         }
     )
     cfg.restem = sections.section((RestemConfig(), RESTEM_KEYS))

@@ -31,11 +31,15 @@ _LOST_PEER_MARKER = b"the JAX distributed service detected fatal errors"
 
 
 def setup_jax(cfg) -> None:
-    """CPU device count, multi-process init (`cfg.distributed`) and compilation cache, from the config. Processes
-    other than process 0 log warnings and errors only, so the user reads one copy of the progress."""
+    """CPU device count, multi-process init (`cfg.distributed`), compilation cache and log levels, from the
+    config. Processes other than process 0 log warnings and errors only, so the user reads one copy of the
+    progress; libraries' INFO logs show only with `cfg.verbose`."""
     import jax
 
+    from seal_jax import logs
     from seal_jax.engine import distributed
+
+    logs.configure(bool(cfg.get("verbose", False)))
 
     if cfg.get("num_cpu_devices"):
         jax.config.update("jax_num_cpu_devices", int(cfg.num_cpu_devices))

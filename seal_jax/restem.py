@@ -8,6 +8,7 @@ is journaled and every finished round checkpointed, so a killed run resumes wher
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.sampling import SamplingConfig
 from seal_jax.engine.sft import SftConfig, sft
 from seal_jax.errors import UserInputError, require_positive
+from seal_jax.metrics import Metrics, summarise_curves
 from seal_jax.models.transformer import init_lora
 
 
@@ -163,6 +165,7 @@ def evaluate_items(
                         "reward": reward,
                         "nonfinite": res.nonfinite,
                         "final_loss": res.losses[-1] if res.losses else None,
+                        "losses": res.losses,
                         **score.details,
                     }
                 )
@@ -212,13 +215,16 @@ def run_restem(
     meta: dict[str, Any],
     *,
     on_round: Callable[[int, dict[str, Any]], None] | None = None,
+    metrics: Metrics | None = None,
 ) -> list[dict[str, Any]]:
     """Runs (or resumes) `cfg.rounds` ReST-EM rounds, updating `policy` in place; returns per-round statistics.
 
     When `policy` is the evaluator's runtime (the reference's setup) the model that writes self-edits is also the
     one they adapt, and the evaluator follows every M-step. Otherwise (teacher-student) the evaluator keeps its
-    fixed student model and only the writer `policy` is trained.
+    fixed student model and only the writer `policy` is trained. `metrics` records each round's curves, wall
+    times and compile time.
     """
+    phase = metrics.phase if metrics else lambda name: contextlib.nullcontext()
     checkpoints = RoundCheckpoints(workdir)
     done = checkpoints.latest_round()
     if done:
@@ -229,17 +235,18 @@ def run_restem(
     for r in range(done, cfg.rounds):
         journal = Journal(f"{workdir}/journal", f"round_{r}")
         contexts = round_contexts(train, r, cfg.contexts_per_round)
-        texts = sample_self_edits(
-            policy,
-            domain,
-            contexts,
-            cfg.samples_per_context,
-            cfg.sampling,
-            journal,
-            f"round_{r}",
-            cfg.seed,
-            cfg.sample_batch,
-        )
+        with phase("sample"):
+            texts = sample_self_edits(
+                policy,
+                domain,
+                contexts,
+                cfg.samples_per_context,
+                cfg.sampling,
+                journal,
+                f"round_{r}",
+                cfg.seed,
+                cfg.sample_batch,
+            )
         items = [
             Item(
                 f"round_{r}/eval/{c.id}/{i}/{s}",
@@ -254,6 +261,7 @@ def run_restem(
         ]
         if cfg.reward == "gain":
             items += [Item(f"round_{r}/base/{c.id}", c, None, None, 0) for c in contexts]
+        before = dict(evaluator.timings) if metrics else {}
         records = evaluate_items(evaluator, domain, items, journal, f"round {r}: adapt + evaluate")
         rewards = {
             (c.id, i): float(
@@ -281,17 +289,20 @@ def run_restem(
             "invalid": sum(isinstance(it.parsed, Invalid) for it in items),
             "kept": len(pairs),
         }
-        adapter = None
+        adapter, sft_losses = None, []
         if not pairs:
             logging.warning("round %d kept no self-edit: the policy is unchanged", r + 1)
         else:
             try:
-                result = sft(policy, pairs, cfg.sft, stable_seed(cfg.seed, "sft", r))
+                with phase("sft"):
+                    result = sft(policy, pairs, cfg.sft, stable_seed(cfg.seed, "sft", r))
             except FloatingPointError as err:
                 logging.warning("round %d: %s", r + 1, err)
                 round_stats["sft_error"] = str(err)
             else:
-                policy.merge(result.adapter, cfg.sft.lora)
+                with phase("merge"):
+                    policy.merge(result.adapter, cfg.sft.lora)
+                sft_losses = result.losses
                 adapter = result.adapter.to_pure_dict()
                 round_stats["sft_loss_first_last"] = [result.losses[0], result.losses[-1]]
         if adapter is None:  # the policy is unchanged: a no-op adapter (B = 0) keeps the round checkpointed
@@ -304,6 +315,29 @@ def run_restem(
         )
         stats.append(round_stats)
         logging.info("round %d: %s", r + 1, round_stats)
+        if metrics:
+            evaluated = {k: evaluator.timings[k] - before[k] for k in before}
+            eval_items = [it for it in items if it.text is not None]
+            curves = summarise_curves([records[it.key].get("losses") or [] for it in eval_items])
+            timed = evaluated["adapt_s"] + evaluated["generate_s"]
+            metrics.write(
+                {
+                    "round": r + 1,
+                    "reward_mean": round_stats["mean_reward"],
+                    "reward_best": round_stats["mean_best_reward"],
+                    "invalid_rate": round_stats["invalid"] / len(eval_items),
+                    "self_edit_words": float(np.mean([len(t.split()) for t in texts.values()])),
+                    "kept": len(pairs),
+                    **{f"time_{name}_s": s for name, s in metrics.take_times().items()},
+                    "time_adapt_s": evaluated["adapt_s"],
+                    "time_answer_s": evaluated["generate_s"],
+                    "evaluations": int(evaluated["jobs"]),
+                    "evals_per_s": evaluated["jobs"] / timed if timed else None,
+                    "compile_s": metrics.compile_s(),
+                },
+                r + 1,
+                {f"inner_loss_{k}": v for k, v in curves.items()} | {"sft_loss": list(sft_losses)},
+            )
         if on_round:
             on_round(r + 1, round_stats)
     return stats

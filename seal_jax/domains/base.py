@@ -25,11 +25,12 @@ class TrainExample:
 @dataclasses.dataclass(frozen=True)
 class InnerHparams:
     """Per-self-edit inner-loop (LoRA SFT) settings; defaults: the reference's knowledge domain (lr 1e-3, 10
-    epochs, loss on every token)."""
+    epochs, loss on every token). `warmup_steps` None: the evaluator's (`inner.warmup_steps`)."""
 
     learning_rate: float = 1e-3
     epochs: int = 10
     loss_on_all_tokens: bool = True
+    warmup_steps: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,7 +50,7 @@ def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
-def _append(path: epath.Path, line: str) -> None:
+def append_line(path: epath.Path, line: str) -> None:
     """Appends `line` to `path` durably (fsynced; on an object store, by rewriting the object)."""
     if not is_local(path):
         path.write_text((path.read_text() if path.exists() else "") + line)
@@ -109,7 +109,7 @@ class Journal:
     def write(self, record: dict[str, Any]) -> None:
         """Appends `record` (must have a unique "key") durably. Every process calls it with the same record."""
         if distributed.is_primary():
-            _append(self.path, json.dumps(record) + "\n")
+            append_line(self.path, json.dumps(record) + "\n")
         self.records[record["key"]] = record
 
 

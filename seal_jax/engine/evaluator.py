@@ -77,7 +77,8 @@ class Evaluator:
         data = runtime.mesh.shape["data"]
         self.chunk_k = max(data, -(-cfg.chunk_k // data) * data)
         self._encoded: dict[tuple[TrainExample, bool], EncodedExample] = {}
-        self.timings: dict[str, float] = {"adapt_s": 0.0, "generate_s": 0.0}
+        # wall time of the adapt and answer programs, and the jobs evaluated (metrics read the differences)
+        self.timings: dict[str, float] = {"adapt_s": 0.0, "generate_s": 0.0, "jobs": 0}
 
     def encode(self, job: AdaptJob) -> list[EncodedExample]:
         out = []
@@ -135,7 +136,10 @@ class Evaluator:
             [j.hparams.epochs for j in padded],
             [j.seed for j in padded],
             [j.hparams.learning_rate for j in padded],
-            [self.cfg.warmup_steps] * k,
+            [
+                self.cfg.warmup_steps if j.hparams.warmup_steps is None else j.hparams.warmup_steps
+                for j in padded
+            ],
             inner,
             pad_id(self.runtime.tokenizer),
         )
@@ -153,6 +157,7 @@ class Evaluator:
         )
         self.timings["adapt_s"] += t1 - t0
         self.timings["generate_s"] += time.perf_counter() - t1
+        self.timings["jobs"] += len(jobs)
         if nonfinite[: len(jobs)].any():
             logging.warning("%d adapter(s) hit a non-finite loss and were frozen", int(nonfinite.sum()))
         return [

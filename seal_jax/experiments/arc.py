@@ -26,6 +26,7 @@ from seal_jax.engine.text import end_of_turn_text, format_chat
 from seal_jax.errors import UserInputError, require_positive
 from seal_jax.experiments import common, heldout
 from seal_jax.experiments.workdir import open_workdir
+from seal_jax.metrics import Metrics
 from seal_jax.restem import RestemConfig, run_restem
 
 
@@ -112,11 +113,14 @@ def run(cfg: Any) -> dict[str, Any]:
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
     restem_cfg = common.restem_config(cfg, model)
     common.check_eval(cfg)
-    with open_workdir(cfg) as workdir:  # only now: every setting and the data are good
+    with (
+        open_workdir(cfg) as workdir,
+        Metrics(workdir) as metrics,
+    ):  # now: every setting and the data are good
         report.write_file(
             workdir / "tasks.json", json.dumps({k: [t.id for t in v] for k, v in splits.items()}) + "\n"
         )
-        return _evaluate(cfg, workdir, model, domain, evaluator, restem_cfg)
+        return _evaluate(cfg, workdir, model, domain, evaluator, restem_cfg, metrics)
 
 
 def _evaluate(
@@ -126,6 +130,7 @@ def _evaluate(
     domain: ArcDomain,
     evaluator: Evaluator,
     restem_cfg: RestemConfig,
+    metrics: Metrics,
 ) -> dict[str, Any]:
     """The baselines, the ReST-EM rounds and SEAL, journaled in `workdir`."""
     journal = Journal(workdir / "journal", "heldout")
@@ -163,8 +168,10 @@ def _evaluate(
             ("TTT + self-edit (no RL)", sampled("round0", model), "initial policy"),
             ("Oracle TTT", heldout.accuracy(oracle, "oracle/", per_context=False), "fixed config"),
         ]
-    stats = run_restem(model, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()})
+    stats = run_restem(
+        model, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()}, metrics=metrics
+    )
     rows.insert(2 if rows else 0, (f"SEAL ({cfg.restem.rounds} round)", sampled("seal", model), "ReST-EM"))
     return common.finish(
-        workdir, rows, stats, f"ARC: {cfg.model}, {len(evals)} held-out tasks, % (task, SE) solved"
+        workdir, rows, stats, f"ARC: {cfg.model}, {len(evals)} held-out tasks, % (task, SE) solved", metrics
     )

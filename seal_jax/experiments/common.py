@@ -21,6 +21,7 @@ from seal_jax.engine.sampling import SamplingConfig
 from seal_jax.engine.sft import SftConfig
 from seal_jax.engine.text import for_tokenizer, sampling_config
 from seal_jax.errors import UserInputError, require_positive
+from seal_jax.metrics import Metrics
 from seal_jax.models.bundle import load_model
 from seal_jax.restem import RestemConfig
 
@@ -117,8 +118,9 @@ def finish(
     rows: list[tuple[str, float, str]],
     stats: list[dict[str, Any]],
     title: str,
+    metrics: Metrics | None = None,
 ) -> dict[str, Any]:
-    """Prints the table; writes results.json and results.png."""
+    """Prints the table; writes results.json and results.png (and the table to `metrics`)."""
     table = report.format_table(rows, title)
     print(table)
     payload = {
@@ -129,4 +131,6 @@ def finish(
     report.write_json(workdir / "results.json", payload)
     report.plot_results(workdir / "results.png", rows, stats, title)
     logging.info("wrote %s", workdir / "results.json")
+    if metrics:
+        metrics.write({f"heldout/{m}": a for m, a, _ in rows}, len(stats))
     return payload

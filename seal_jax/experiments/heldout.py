@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,6 +12,7 @@ from seal_jax.engine.checkpoint import Journal
 from seal_jax.engine.evaluator import Evaluator
 from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.sampling import SamplingConfig
+from seal_jax.experiments.grid import Setting, method_key, with_settings
 from seal_jax.restem import Item, evaluate_items, sample_self_edits, stable_seed
 
 
@@ -34,10 +35,19 @@ def evaluate_fixed(
     seeds: int,
     journal: Journal,
     seed: int,
+    settings: Sequence[Setting] = (),
 ) -> dict[str, dict[str, Any]]:
-    """A method whose self-edit is fixed per context (None = no update, e.g. ICL or the base model)."""
+    """A method whose self-edit is fixed per context (None = no update, e.g. ICL or the base model), trained
+    with the run's inner settings and each of `settings` (keys under `grid.method_key`)."""
     items = [
-        Item(f"{method}/{c.id}/0/{s}", c, None, self_edit(c), stable_seed(seed, method, c.id, s))
+        Item(
+            f"{method_key(method, g)}/{c.id}/0/{s}",
+            c,
+            None,
+            g.apply(self_edit(c)) if g else self_edit(c),
+            stable_seed(seed, method, c.id, s),
+        )
+        for g in with_settings(settings)
         for c in contexts
         for s in range(seeds)
     ]
@@ -56,17 +66,22 @@ def evaluate_sampled(
     batch: int,
     journal: Journal,
     seed: int,
+    settings: Sequence[Setting] = (),
 ) -> dict[str, dict[str, Any]]:
-    """`samples` self-edits per context written by `policy`, each applied with `seeds` inner-loop seeds."""
+    """`samples` self-edits per context written by `policy`, each applied with `seeds` inner-loop seeds, with
+    the run's inner settings and each of `settings` (the same self-edits and seeds; keys under
+    `grid.method_key`)."""
     texts = sample_self_edits(policy, domain, contexts, samples, sampling, journal, method, seed, batch)
+    parsed = {(c.id, i): domain.parse_self_edit(c, texts[c.id, i]) for c in contexts for i in range(samples)}
     items = [
         Item(
-            f"{method}/{c.id}/{i}/{s}",
+            f"{method_key(method, g)}/{c.id}/{i}/{s}",
             c,
             texts[c.id, i],
-            domain.parse_self_edit(c, texts[c.id, i]),
+            g.apply(parsed[c.id, i]) if g else parsed[c.id, i],
             stable_seed(seed, method, c.id, i, s),
         )
+        for g in with_settings(settings)
         for c in contexts
         for i in range(samples)
         for s in range(seeds)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ from seal_jax.engine.evaluator import Evaluator
 from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.text import format_chat
 from seal_jax.errors import UserInputError, require_positive
-from seal_jax.experiments import common, heldout
+from seal_jax.experiments import common, grid, heldout
 from seal_jax.experiments.workdir import open_workdir
+from seal_jax.metrics import Metrics
 from seal_jax.restem import Item, evaluate_items, run_restem, stable_seed
 
 
@@ -96,16 +98,27 @@ def evaluate_heldout(
     policy: Runtime,
     cfg: Any,
     journal: Journal,
-) -> float:
-    """Held-out macro accuracy: "base", "passage", or self-edits sampled from `policy` ("round0", "seal")."""
+    settings: Sequence[grid.Setting] = (),
+) -> dict[grid.Setting | None, float]:
+    """Held-out macro accuracy: "base", "passage", or self-edits sampled from `policy` ("round0", "seal"), with
+    the run's inner settings (key None) and each of `settings` (the base model trains with none)."""
     contexts, seeds = domain.contexts("eval"), int(cfg.eval.seeds)
     if method == "base":
+        settings = ()
         records = heldout.evaluate_fixed(
             method, evaluator, domain, contexts, lambda c: None, 1, journal, cfg.seed
         )
     elif method == "passage":
         records = heldout.evaluate_fixed(
-            method, evaluator, domain, contexts, domain.passage_only_self_edit, seeds, journal, cfg.seed
+            method,
+            evaluator,
+            domain,
+            contexts,
+            domain.passage_only_self_edit,
+            seeds,
+            journal,
+            cfg.seed,
+            settings,
         )
     else:
         records = heldout.evaluate_sampled(
@@ -120,43 +133,55 @@ def evaluate_heldout(
             int(cfg.restem.sample_batch),
             journal,
             cfg.seed,
+            settings,
         )
-    return heldout.accuracy(records, f"{method}/")
+    return {
+        g: heldout.accuracy(records, f"{grid.method_key(method, g)}/") for g in grid.with_settings(settings)
+    }
 
 
 def run(cfg: Any) -> dict[str, Any]:
     """ReST-EM on the knowledge domain with the held-out table; writes results.json and results.png."""
-    train, evals = passages(cfg)  # bad data fails before the model loads
+    train, evals = passages(cfg)  # bad data and a bad grid fail before the model loads
+    settings = grid.parse(cfg.eval.inner_grid)
     model = common.load(cfg)
     writer = common.load(cfg, cfg.writer_model) if cfg.writer_model else model
     domain = make_domain(cfg, writer, train, evals)
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
     restem_cfg = common.restem_config(cfg, writer)
     common.check_eval(cfg)
-    with open_workdir(cfg) as workdir:  # only now: every setting and the data are good
+    with (
+        open_workdir(cfg) as workdir,
+        Metrics(workdir) as metrics,
+    ):  # now: every setting and the data are good
         report.write_file(workdir / "selection_train.json", data.selection_json(train))
         report.write_file(workdir / "selection_eval.json", data.selection_json(evals))
         journal = Journal(workdir / "journal", "heldout")
         rows = []
         if cfg.eval.baselines:
-            rows += [
-                ("base (no update)", evaluate_heldout("base", evaluator, domain, model, cfg, journal), ""),
-                ("passage only", evaluate_heldout("passage", evaluator, domain, model, cfg, journal), ""),
-                (
-                    "round-0 self-edits",
-                    evaluate_heldout("round0", evaluator, domain, writer, cfg, journal),
-                    "no RL",
-                ),
-            ]
-        stats = run_restem(writer, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()})
-        rows.append(
-            (
-                f"SEAL ({cfg.restem.rounds} rounds)",
-                evaluate_heldout("seal", evaluator, domain, writer, cfg, journal),
-                "ReST-EM",
+            rows += grid.rows(
+                "base (no update)", "", evaluate_heldout("base", evaluator, domain, model, cfg, journal)
             )
+            rows += grid.rows(
+                "passage only",
+                "",
+                evaluate_heldout("passage", evaluator, domain, model, cfg, journal, settings),
+            )
+            rows += grid.rows(
+                "round-0 self-edits",
+                "no RL",
+                evaluate_heldout("round0", evaluator, domain, writer, cfg, journal, settings),
+            )
+        stats = run_restem(
+            writer, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()}, metrics=metrics
         )
-        return common.finish(workdir, rows, stats, f"knowledge: {cfg.model}, {len(evals)} held-out passages")
+        rows += grid.rows(
+            f"SEAL ({cfg.restem.rounds} rounds)",
+            "ReST-EM",
+            evaluate_heldout("seal", evaluator, domain, writer, cfg, journal, settings),
+        )
+        title = f"knowledge: {cfg.model}, {len(evals)} held-out passages"
+        return common.finish(workdir, rows, stats, title, metrics)
 
 
 # Journal prefix of the replay's no-update row (self-edit files are keyed by their own names).

@@ -23,9 +23,9 @@ from seal_jax.engine import distributed
 from seal_jax.engine.checkpoint import is_local, write_atomically
 from seal_jax.errors import UserInputError
 
-# Where a run lives, caches its compilations and how its processes meet: not what it computes, so a moved run
-# directory still resumes (and each process's distributed.process_id differs).
-_NOT_COMPARED = ("workdir", "compilation_cache_dir", "distributed")
+# Where a run lives, caches its compilations, how its processes meet and how much it logs: not what it computes,
+# so a moved run directory still resumes (and each process's distributed.process_id differs).
+_NOT_COMPARED = ("workdir", "compilation_cache_dir", "distributed", "verbose")
 _ENTRIES_ARE_DIRS = {"journal": True, "checkpoints": True, "config.json": False}
 
 
