@@ -26,7 +26,7 @@ from seal_jax.engine.text import end_of_turn_text, format_chat
 from seal_jax.errors import UserInputError, require_positive
 from seal_jax.experiments import common, heldout
 from seal_jax.experiments.workdir import open_workdir
-from seal_jax.restem import RestemConfig, run_restem
+from seal_jax.restem import RestemConfig, run_restem, sampling_stats
 
 
 def max_side(task: ArcTask) -> int:
@@ -82,6 +82,7 @@ def make_domain(cfg: Any, model: Runtime, splits: dict[str, list[ArcTask]]) -> A
         max_tokens=int(cfg.domain.max_tokens),
         ttt_cap=int(cfg.domain.ttt_cap),
         lenient_json=bool(cfg.domain.lenient_json),
+        per_test_input=bool(cfg.domain.per_test_input),
     )
 
 
@@ -132,15 +133,31 @@ def _evaluate(
     evals = domain.contexts("eval")
     sampling = common.policy_sampling(model, cfg.restem)
     samples, seeds, batch = int(cfg.eval.samples), int(cfg.eval.seeds), int(cfg.restem.sample_batch)
+    attempts = int(cfg.restem.sample_attempts)
 
     def sampled(method: str, policy: Runtime) -> float:
         records = heldout.evaluate_sampled(
-            method, evaluator, domain, evals, policy, samples, seeds, sampling, batch, journal, cfg.seed
+            method,
+            evaluator,
+            domain,
+            evals,
+            policy,
+            samples,
+            seeds,
+            sampling,
+            batch,
+            journal,
+            cfg.seed,
+            attempts,
         )
         if cfg.eval.render:
             render(workdir, domain, records, method)
         valid = [r for r in records.values() if "invalid" not in r]
-        print(f"{method}: {len(valid)}/{len(records)} self-edits valid")
+        keys = [f"{method}/sample/{t.id}/{i}" for t in evals for i in range(samples)]
+        rate = sampling_stats(journal, keys, (len(records) - len(valid)) // seeds)["invalid_rate"]
+        print(
+            f"{method}: {len(valid)}/{len(records)} self-edits valid ({rate:.0%} of the samples drawn invalid)"
+        )
         return heldout.accuracy(records, f"{method}/", per_context=False)
 
     rows = []

@@ -37,7 +37,7 @@ def evaluate_fixed(
 ) -> dict[str, dict[str, Any]]:
     """A method whose self-edit is fixed per context (None = no update, e.g. ICL or the base model)."""
     items = [
-        Item(f"{method}/{c.id}/0/{s}", c, None, self_edit(c), stable_seed(seed, method, c.id, s))
+        Item(f"{method}/{c.id}/0/{s}", c, None, self_edit(c), stable_seed(seed, method, c.id, s), s)
         for c in contexts
         for s in range(seeds)
     ]
@@ -56,9 +56,13 @@ def evaluate_sampled(
     batch: int,
     journal: Journal,
     seed: int,
+    attempts: int = 1,
 ) -> dict[str, dict[str, Any]]:
-    """`samples` self-edits per context written by `policy`, each applied with `seeds` inner-loop seeds."""
-    texts = sample_self_edits(policy, domain, contexts, samples, sampling, journal, method, seed, batch)
+    """`samples` self-edits per context written by `policy` (each sampled up to `attempts` times until it
+    parses), each applied with `seeds` inner-loop seeds."""
+    texts = sample_self_edits(
+        policy, domain, contexts, samples, sampling, journal, method, seed, batch, attempts
+    )
     items = [
         Item(
             f"{method}/{c.id}/{i}/{s}",
@@ -66,6 +70,7 @@ def evaluate_sampled(
             texts[c.id, i],
             domain.parse_self_edit(c, texts[c.id, i]),
             stable_seed(seed, method, c.id, i, s),
+            s,
         )
         for c in contexts
         for i in range(samples)

@@ -120,6 +120,7 @@ def evaluate_heldout(
             int(cfg.restem.sample_batch),
             journal,
             cfg.seed,
+            int(cfg.restem.sample_attempts),
         )
     return heldout.accuracy(records, f"{method}/")
 

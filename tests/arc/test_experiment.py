@@ -47,6 +47,10 @@ def test_tiny_arc_end_to_end(tmp_path):
     assert len(evaluations) == 2 * 2  # 2 tasks x 2 self-edits x 1 seed
     # a random tiny model writes no valid JSON plan: every self-edit is Invalid, journaled with its reason, reward 0
     assert all(r["reward"] == 0.0 and r["invalid"] for r in evaluations)
+    # ... after the capped resampling (8 draws each), which the round's stats count
+    assert (
+        payload["rounds"][0]["sample_attempts"] == 2 * 2 * 8 and payload["rounds"][0]["invalid_rate"] == 1.0
+    )
     oracle = [
         json.loads(line) for line in (tmp_path / "run" / "journal" / "heldout.jsonl").read_text().splitlines()
     ]

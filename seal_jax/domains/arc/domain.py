@@ -45,6 +45,8 @@ class ArcDomain:
         dropped as in the reference.
       ttt_cap: at most this many TTT examples per self-edit (the reference's 250).
       lenient_json: accept quoted booleans/numbers in self-edit plans (`parse_self_edit_json`); default strict.
+      per_test_input: reward = the share of test inputs solved (the reference scored each test input of a task
+        as its own sub-task); default: 1.0 iff every test input is solved (pass@2 of the whole task).
     """
 
     name = "arc"
@@ -61,6 +63,7 @@ class ArcDomain:
         max_tokens: int = MAX_TOKENS,
         ttt_cap: int = MAX_EXAMPLES,
         lenient_json: bool = False,
+        per_test_input: bool = False,
     ) -> None:
         self.tasks = {split: tuple(ts) for split, ts in tasks.items()}
         self.format_chat = format_chat
@@ -69,6 +72,7 @@ class ArcDomain:
         self.eval_max_new_tokens = eval_max_new_tokens or max_answer_tokens()
         self.ttt_cap = ttt_cap
         self.lenient_json = lenient_json
+        self.per_test_input = per_test_input
         self._fits = None if count_tokens is None else (lambda text: count_tokens(text) < max_tokens)
         self._ttt_cache: dict[tuple[bytes, AugmentGroups], tuple[TrainExample, ...]] = {}
         self._query_cache: dict[bytes, tuple[Query, ...]] = {}
@@ -123,7 +127,8 @@ class ArcDomain:
         return list(self._query_cache[key])
 
     def score(self, ctx: ArcTask, queries: Sequence[Query], outputs: Sequence[str]) -> Score:
-        """Reward 1.0 iff every test input's gold output is among its 2 voted attempts (pass@2), else 0.0."""
+        """Reward 1.0 iff every test input's gold output is among its 2 voted attempts (pass@2), else 0.0; with
+        `per_test_input`, the share of test inputs whose gold output is among their 2 attempts."""
         gold = [ex.output for ex in ctx.test]
         if any(g is None for g in gold):
             raise ValueError(f"task {ctx.id} has test inputs without a gold output; it cannot be scored")
@@ -142,4 +147,6 @@ class ArcDomain:
                 for i, v in enumerate(verdicts)
             },
         }
+        if self.per_test_input:
+            return Score(sum(v.correct for v in verdicts) / len(verdicts), details)
         return Score(1.0 if solved else 0.0, details)
