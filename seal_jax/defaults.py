@@ -119,6 +119,7 @@ def knowledge() -> ml_collections.ConfigDict:
             "split_newlines": True,
             "add_context": True,
             "max_sequences": 30,
+            "prompt_file": "",  # JSON of replaced prompt templates (domains/prompt_file.py): e.g. the reference's
         }
     )
     cfg.inner = inner_section(InnerConfig(), EngineConfig(), InnerHparams())
@@ -165,7 +166,13 @@ def arc() -> ml_collections.ConfigDict:
     # 1 iff all are. ARC TTT's loss on pads (the reference's, padding to the adapter's longest text):
     # --config.inner.pad_in_loss=True.
     cfg.domain = ml_collections.ConfigDict(
-        {"ttt_cap": 250, "max_tokens": 8192, "lenient_json": False, "per_test_input": False}
+        {
+            "ttt_cap": 250,
+            "max_tokens": 8192,
+            "lenient_json": False,
+            "per_test_input": False,
+            "prompt_file": "",
+        }
     )
     cfg.inner = inner_section(ARC_INNER, ARC_ENGINE)
     cfg.eval = ml_collections.ConfigDict({"baselines": True, "samples": 5, "seeds": 1, "render": True})
