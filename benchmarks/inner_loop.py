@@ -79,7 +79,6 @@ from seal_jax.engine.inner import (
     StepSchedule,
     build_step_batches,
     encode_example,
-    prepare_call,
     round_up,
 )
 from seal_jax.engine.runtime import Runtime
@@ -131,7 +130,7 @@ def make_jobs(item: KnowledgeItem, domain: KnowledgeDomain, seeds: int) -> list[
             se = domain.parse_self_edit(item.passage, text)
             if not hasattr(se, "examples"):
                 raise ValueError(f"self-edit {c} of {item.passage.title!r} is invalid: {se}")
-            jobs.append(AdaptJob(se.examples, se.hparams, seed=1000 * seed + c, queries=queries))
+            jobs.append(AdaptJob(se.examples, se.hparams, 1000 * seed + c, queries, order_stream=seed))
     return jobs
 
 
@@ -270,15 +269,7 @@ def run_seal_jax(
 
     def prepare(c: list[AdaptJob]) -> tuple[StepLayout, AdapterHparams, Any]:
         """What `Evaluator.run_chunk` feeds the runtime for chunk `c` (one device: no padding to the mesh)."""
-        layout, hparams = prepare_call(
-            [ev.encode(j) for j in c],
-            [j.hparams.epochs for j in c],
-            [j.seed for j in c],
-            [j.hparams.learning_rate for j in c],
-            [cfg.warmup_steps] * len(c),
-            cfg.inner,
-            pad_id(rt.tokenizer),
-        )
+        layout, hparams = ev.prepare(c)
         return layout, hparams, rt.fresh_adapters(cfg.inner.lora, [j.seed for j in c])
 
     layouts = [prepare(c)[0] for c in chunks]

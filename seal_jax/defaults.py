@@ -68,6 +68,7 @@ ARC_RESTEM = RestemConfig(
     eval_seeds=1,
     selection="all_positive",
     sampling=SamplingConfig(max_new=128, temperature=0.8, top_p=1.0),
+    sample_attempts=8,  # the reference resampled until a plan parsed, without a cap
 )
 
 
@@ -119,6 +120,7 @@ def knowledge() -> ml_collections.ConfigDict:
             "split_newlines": True,
             "add_context": True,
             "max_sequences": 30,
+            "prompt_file": "",  # JSON of replaced prompt templates (domains/prompt_file.py): e.g. the reference's
         }
     )
     cfg.inner = inner_section(InnerConfig(), EngineConfig(), InnerHparams())
@@ -165,7 +167,18 @@ def arc() -> ml_collections.ConfigDict:
     )
     # lenient_json: accept quoted booleans/numbers in self-edit plans (small models write "true"); off = the
     # strict schema of the issue
-    cfg.domain = ml_collections.ConfigDict({"ttt_cap": 250, "max_tokens": 8192, "lenient_json": False})
+    # per_test_input: a task's reward is the share of its test inputs solved (the reference's sub-tasks); off:
+    # 1 iff all are. ARC TTT's loss on pads (the reference's, padding to the adapter's longest text):
+    # --config.inner.pad_in_loss=True.
+    cfg.domain = ml_collections.ConfigDict(
+        {
+            "ttt_cap": 250,
+            "max_tokens": 8192,
+            "lenient_json": False,
+            "per_test_input": False,
+            "prompt_file": "",
+        }
+    )
     cfg.inner = inner_section(ARC_INNER, ARC_ENGINE)
     cfg.eval = ml_collections.ConfigDict({"baselines": True, "samples": 5, "seeds": 1, "render": True})
     cfg.restem = sections.section((ARC_RESTEM, RESTEM_KEYS))

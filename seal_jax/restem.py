@@ -43,6 +43,7 @@ class RestemConfig:
     reward: str = "absolute"
     sampling: SamplingConfig = SamplingConfig(max_new=8192, temperature=1.0, top_p=0.95)
     sample_batch: int = 16
+    sample_attempts: int = 1  # samples per self-edit until it parses (1: an unparseable one scores 0)
     sft: SftConfig = SftConfig()
     seed: int = 0
 
@@ -53,6 +54,7 @@ class RestemConfig:
             samples_per_context=self.samples_per_context,
             eval_seeds=self.eval_seeds,
             sample_batch=self.sample_batch,
+            sample_attempts=self.sample_attempts,
         )
         if self.rounds < 0:
             raise ValueError(f"restem: rounds={self.rounds} must be >= 0")
@@ -64,13 +66,15 @@ class RestemConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """One (context, self-edit, seed) evaluation; `parsed` None means the unadapted model (a baseline)."""
+    """One (context, self-edit, seed) evaluation; `parsed` None means the unadapted model (a baseline).
+    `seed_index`: which of the self-edit's seeds this is (its data-order stream, `AdaptJob.order_stream`)."""
 
     key: str
     context: Any
     text: str | None
     parsed: SelfEdit | Invalid | None
     seed: int
+    seed_index: int = 0
 
 
 def stable_seed(*parts: Any) -> int:
@@ -88,8 +92,14 @@ def sample_self_edits(
     tag: str,
     seed: int,
     batch: int,
+    attempts: int = 1,
 ) -> dict[tuple[str, int], str]:
-    """N self-edits per context from `policy`, in fixed batches journaled as `{tag}/sample/{ctx}/{i}`."""
+    """N self-edits per context from `policy`, in fixed batches journaled as `{tag}/sample/{ctx}/{i}`.
+
+    A reply the domain cannot parse is resampled, up to `attempts` samples in all (the reference sampled ARC
+    plans until it had N valid ones); one still invalid after that is kept (and scores 0). Each record holds its
+    `attempts` and the `rejected` replies' reasons. A batch is journaled only once all its attempts are done.
+    """
     pairs = [(c, i) for c in contexts for i in range(n)]
     out: dict[tuple[str, int], str] = {}
     starts = range(0, len(pairs), batch)
@@ -97,14 +107,59 @@ def sample_self_edits(
         chunk = pairs[start : start + batch]
         keys = [f"{tag}/sample/{c.id}/{i}" for c, i in chunk]
         if not all(k in journal for k in keys):
-            prompts = [domain.self_edit_prompt(c) for c, _ in chunk]
-            texts = policy.sample(prompts, sampling, stable_seed(seed, tag, start))
-            for key, (c, i), text in zip(keys, chunk, texts, strict=True):
+            contexts_of = [c for c, _ in chunk]
+            texts, rejected = _sample_valid(
+                policy, domain, contexts_of, sampling, (seed, tag, start), attempts
+            )
+            for key, (c, i), text, reasons in zip(keys, chunk, texts, rejected, strict=True):
                 if key in journal:  # written before a kill
                     continue
-                journal.write({"key": key, "context": c.id, "sample": i, "text": text})
+                journal.write(
+                    {
+                        "key": key,
+                        "context": c.id,
+                        "sample": i,
+                        "text": text,
+                        "attempts": len(reasons) + 1,
+                        "rejected": reasons,
+                    }
+                )
         out.update({(c.id, i): journal.get(k)["text"] for k, (c, i) in zip(keys, chunk, strict=True)})
     return out
+
+
+def _sample_valid(
+    policy: Runtime,
+    domain: Domain,
+    contexts: Sequence[Any],
+    sampling: SamplingConfig,
+    seed_parts: tuple,
+    attempts: int,
+) -> tuple[list[str], list[list[str]]]:
+    """One self-edit per context, the unparseable ones resampled (attempt a > 0 seeded by `seed_parts` + a);
+    returns the texts and, per context, the reasons its rejected samples were invalid."""
+    prompts = [domain.self_edit_prompt(c) for c in contexts]
+    texts = policy.sample(prompts, sampling, stable_seed(*seed_parts))
+    rejected: list[list[str]] = [[] for _ in contexts]
+    for attempt in range(1, attempts):
+        invalid = {j: domain.parse_self_edit(c, texts[j]) for j, c in enumerate(contexts)}
+        redo = [j for j, parsed in invalid.items() if isinstance(parsed, Invalid)]
+        if not redo:
+            break
+        for j in redo:
+            rejected[j].append(invalid[j].reason)
+        fresh = policy.sample([prompts[j] for j in redo], sampling, stable_seed(*seed_parts, attempt))
+        for j, text in zip(redo, fresh, strict=True):
+            texts[j] = text
+    return texts, rejected
+
+
+def sampling_stats(journal: Journal, keys: Sequence[str], invalid: int) -> dict[str, Any]:
+    """Round statistics of the samples journaled under `keys`, `invalid` of which are still unparseable:
+    the samples drawn and the share of them that did not parse (the invalid rate)."""
+    drawn = sum(journal.get(k).get("attempts", 1) for k in keys)
+    rejected = sum(len(journal.get(k).get("rejected", ())) for k in keys)
+    return {"sample_attempts": drawn, "invalid_rate": (rejected + invalid) / max(drawn, 1)}
 
 
 def evaluate_items(
@@ -142,6 +197,7 @@ def evaluate_items(
             hparams=it.parsed.hparams if it.parsed else _NO_TRAINING,
             seed=it.seed,
             queries=tuple(q.prompt for q in queries[id(it)]),
+            order_stream=it.seed_index,
         )
         for it in runnable
     ]
@@ -246,6 +302,7 @@ def run_restem(
                 f"round_{r}",
                 cfg.seed,
                 cfg.sample_batch,
+                cfg.sample_attempts,
             )
         items = [
             Item(
@@ -254,6 +311,7 @@ def run_restem(
                 texts[c.id, i],
                 domain.parse_self_edit(c, texts[c.id, i]),
                 stable_seed(cfg.seed, r, c.id, i, s),
+                s,
             )
             for c in contexts
             for i in range(cfg.samples_per_context)
@@ -287,6 +345,11 @@ def run_restem(
                 np.mean([max(v for (c, _), v in rewards.items() if c == cid) for cid in by_id])
             ),
             "invalid": sum(isinstance(it.parsed, Invalid) for it in items),
+            **sampling_stats(
+                journal,
+                [f"round_{r}/sample/{c.id}/{i}" for c in contexts for i in range(cfg.samples_per_context)],
+                sum(isinstance(it.parsed, Invalid) for it in items if it.seed_index == 0),
+            ),
             "kept": len(pairs),
         }
         adapter, sft_losses = None, []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+import runpy
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,16 @@ def test_every_config_key_the_docs_name_exists():
     assert named, "no --config.<key> found in the docs"
     missing = sorted(k for k in named if not exists(k))
     assert not missing, f"documented but not settable: {missing}"
+
+
+def test_the_paper_knowledge_config_is_the_qwen7b_one_with_the_judge_and_the_padded_loss():
+    def load(name):
+        return runpy.run_path(str(REPO / "configs" / f"{name}.py"))["get_config"]()
+
+    paper, base = load("knowledge_qwen7b_paper"), load("knowledge_qwen7b")
+    assert (paper.eval.grader, paper.inner.pad_to, paper.inner.pad_in_loss) == ("judge", 2048, True)
+    for key, value in (("eval.grader", base.eval.grader), ("inner.pad_to", 0), ("inner.pad_in_loss", False)):
+        section, name = key.split(".")
+        paper[section][name] = value
+    paper.workdir = base.workdir
+    assert paper.to_dict() == base.to_dict()

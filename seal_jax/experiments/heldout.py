@@ -46,6 +46,7 @@ def evaluate_fixed(
             None,
             g.apply(self_edit(c)) if g else self_edit(c),
             stable_seed(seed, method, c.id, s),
+            s,
         )
         for g in with_settings(settings)
         for c in contexts
@@ -67,11 +68,14 @@ def evaluate_sampled(
     journal: Journal,
     seed: int,
     settings: Sequence[Setting] = (),
+    attempts: int = 1,
 ) -> dict[str, dict[str, Any]]:
-    """`samples` self-edits per context written by `policy`, each applied with `seeds` inner-loop seeds, with
-    the run's inner settings and each of `settings` (the same self-edits and seeds; keys under
-    `grid.method_key`)."""
-    texts = sample_self_edits(policy, domain, contexts, samples, sampling, journal, method, seed, batch)
+    """`samples` self-edits per context written by `policy` (each sampled up to `attempts` times until it
+    parses), each applied with `seeds` inner-loop seeds, with the run's inner settings and each of `settings`
+    (the same self-edits and seeds; keys under `grid.method_key`)."""
+    texts = sample_self_edits(
+        policy, domain, contexts, samples, sampling, journal, method, seed, batch, attempts
+    )
     parsed = {(c.id, i): domain.parse_self_edit(c, texts[c.id, i]) for c in contexts for i in range(samples)}
     items = [
         Item(
@@ -80,6 +84,7 @@ def evaluate_sampled(
             texts[c.id, i],
             g.apply(parsed[c.id, i]) if g else parsed[c.id, i],
             stable_seed(seed, method, c.id, i, s),
+            s,
         )
         for g in with_settings(settings)
         for c in contexts

@@ -16,6 +16,7 @@ from seal_jax.domains.base import InnerHparams
 from seal_jax.domains.knowledge import data
 from seal_jax.domains.knowledge.domain import KnowledgeDomain
 from seal_jax.domains.knowledge.grading import OfflineGrader, OpenAIJudge
+from seal_jax.domains.prompt_file import PromptSet
 from seal_jax.engine.checkpoint import Journal
 from seal_jax.engine.evaluator import Evaluator
 from seal_jax.engine.runtime import Runtime
@@ -51,7 +52,7 @@ def passages(cfg: Any) -> tuple[list[data.Passage], list[data.Passage]]:
     return train, evals
 
 
-def grader(cfg: Any) -> Any:
+def grader(cfg: Any, wording: PromptSet) -> Any:
     if cfg.eval.grader == "offline":
         return OfflineGrader()
     if cfg.eval.grader == "judge":
@@ -59,12 +60,18 @@ def grader(cfg: Any) -> Any:
             base_url=cfg.eval.judge_base_url,
             model=cfg.eval.judge_model,
             api_key_env=cfg.eval.judge_api_key_env,
+            prompt_template=wording.judge,
         )
     raise UserInputError(f"unknown grader {cfg.eval.grader!r}: expected 'offline' or 'judge'")
 
 
-def make_domain(cfg: Any, model: Runtime, train: list, evals: list) -> KnowledgeDomain:
+def make_domain(
+    cfg: Any, model: Runtime, train: list, evals: list, writer: Runtime | None = None
+) -> KnowledgeDomain:
+    """The domain for adapted `model`; self-edit prompts in `writer`'s chat template (default: `model`)."""
     chat = functools.partial(format_chat, model.tokenizer) if cfg.domain.chat else None
+    writer_chat = functools.partial(format_chat, writer.tokenizer) if cfg.domain.chat and writer else None
+    wording = common.prompt_set(cfg)
     with common.config_section("domain"):
         require_positive(
             "knowledge inner loop",
@@ -85,7 +92,9 @@ def make_domain(cfg: Any, model: Runtime, train: list, evals: list) -> Knowledge
             split_newlines=cfg.domain.split_newlines,
             add_context=cfg.domain.add_context,
             max_sequences=int(cfg.domain.max_sequences),
-            grader=grader(cfg),
+            grader=grader(cfg, wording),
+            writer_chat=writer_chat,
+            wording=wording,
         )
     except (KeyError, ValueError) as err:
         raise UserInputError(f"bad domain config: {err}") from None
@@ -134,6 +143,7 @@ def evaluate_heldout(
             journal,
             cfg.seed,
             settings,
+            int(cfg.restem.sample_attempts),
         )
     return {
         g: heldout.accuracy(records, f"{grid.method_key(method, g)}/") for g in grid.with_settings(settings)
@@ -142,11 +152,12 @@ def evaluate_heldout(
 
 def run(cfg: Any) -> dict[str, Any]:
     """ReST-EM on the knowledge domain with the held-out table; writes results.json and results.png."""
+    common.prompt_set(cfg)  # a bad prompt file fails before any work
     train, evals = passages(cfg)  # bad data and a bad grid fail before the model loads
     settings = grid.parse(cfg.eval.inner_grid)
     model = common.load(cfg)
     writer = common.load(cfg, cfg.writer_model) if cfg.writer_model else model
-    domain = make_domain(cfg, writer, train, evals)
+    domain = make_domain(cfg, model, train, evals, writer)
     evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
     restem_cfg = common.restem_config(cfg, writer)
     common.check_eval(cfg)
@@ -195,6 +206,7 @@ def replay(cfg: Any) -> dict[str, Any]:
             "replay.directory is unset: name the folder of <name>_val.json self-edit files "
             "(--config.replay.directory=DIR)"
         )
+    common.prompt_set(cfg)
     model = common.load(cfg)
     files = {
         name: Path(cfg.replay.directory) / f"{name}_val.json" for name in common.targets(cfg.replay.names)

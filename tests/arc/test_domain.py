@@ -117,6 +117,16 @@ def test_one_wrong_test_input_fails_the_task(domain):
     ]
 
 
+def test_per_test_input_scoring_credits_each_solved_test_input():
+    """The reference's sub-task scoring: a task with 2 test inputs, one solved, rewards 0.5 (whole task: 0)."""
+    task = generic_task(3, seed=9, n_tests=2)
+    domain = ArcDomain({"eval": [task]}, fake_chat, EOS, seed=0, per_test_input=True)
+    queries = domain.eval_queries(task)
+    half = [task.test[0].output, (np.asarray(task.test[1].output) + 1) % 10]
+    assert domain.score(task, queries, _answers(queries, half)).reward == 0.5
+    assert domain.score(task, queries, _answers(queries, [ex.output for ex in task.test])).reward == 1.0
+
+
 def test_unknown_gold_cannot_be_scored(domain):
     task = ArcTask("u", (Example([[1]], [[2]]),), (Example([[3]]),))
     with pytest.raises(ValueError, match="without a gold output"):

@@ -47,6 +47,10 @@ def test_tiny_arc_end_to_end(tmp_path):
     assert len(evaluations) == 2 * 2  # 2 tasks x 2 self-edits x 1 seed
     # a random tiny model writes no valid JSON plan: every self-edit is Invalid, journaled with its reason, reward 0
     assert all(r["reward"] == 0.0 and r["invalid"] for r in evaluations)
+    # ... after the capped resampling (8 draws each), which the round's stats count
+    assert (
+        payload["rounds"][0]["sample_attempts"] == 2 * 2 * 8 and payload["rounds"][0]["invalid_rate"] == 1.0
+    )
     oracle = [
         json.loads(line) for line in (tmp_path / "run" / "journal" / "heldout.jsonl").read_text().splitlines()
     ]
@@ -69,3 +73,32 @@ def test_kaggle_tasks_without_test_outputs_are_refused_before_any_work(tmp_path)
     with pytest.raises(UserInputError, match=r"needs data\.eval_challenges"):
         arc.run(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_writer_model_writes_and_learns_the_plans_while_the_student_adapts(tmp_path, monkeypatch):
+    """Teacher-student ARC: every plan is sampled by the writer (tiny qwen2, the model with q/k/v biases), the
+    M-step trains and merges into the writer, and the student (tiny llama) runs the test-time training."""
+    from seal_jax.domains.arc.augment import AugmentGroups
+    from seal_jax.domains.arc.self_edit import SelfEditPlan
+    from seal_jax.engine.runtime import Runtime
+
+    plan = SelfEditPlan(AugmentGroups(False, False, False, False), False, 1e-3, 1).to_json()
+    calls = {"sample": [], "merge": [], "adapt": []}
+    for name in calls:
+        original = getattr(Runtime, name)
+
+        def spy(self, *args, _name=name, _original=original, **kwargs):
+            calls[_name].append(self.model.config.qkv_bias)
+            if _name == "sample":  # a random model writes no valid plan: this one lets the M-step run
+                return [plan] * len(args[0])
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Runtime, name, spy)
+    cfg = tiny_arc_config(tmp_path / "run")
+    cfg.writer_model = "tiny-random-qwen2"
+    cfg.eval.baselines = False
+    cfg.restem.selection = "best_of_n"  # keeps one plan per task whatever its reward
+    arc.run(cfg)
+    assert calls["sample"] and set(calls["sample"]) == {True}
+    assert calls["merge"] and set(calls["merge"]) == {True}
+    assert set(calls["adapt"]) == {False, True}  # TTT on the student, the M-step's SFT on the writer

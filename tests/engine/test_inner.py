@@ -218,6 +218,16 @@ def test_batches_bucket_lengths_and_mask_padding():
     assert layout.batches.loss_mask[0, :2].sum() == 3 * 64  # 3 real rows, pads in loss
 
 
+def test_pads_in_loss_without_pad_to_pad_each_adapter_to_its_longest_sequence():
+    """The reference's ARC TTT (`padding="longest"` over an adapter's data, labels on the pads): every row of
+    an adapter carries loss up to that adapter's longest sequence, whatever its step's length level."""
+    cfg = dataclasses.replace(CFG, pad_in_loss=True)
+    layout = build_step_batches([examples(0, [5, 20, 3]), examples(1, [7, 9])], [2, 1], [0, 1], cfg, pad_id=0)
+    mask = np.asarray(layout.batches.loss_mask)
+    assert mask[0].sum() == 2 * 3 * 20 and mask[1].sum() == 2 * 9
+    assert all((row.sum() == 20) for row in mask[0][np.asarray(layout.batches.active)[0]][:, 0])
+
+
 def test_batch_rows_shrink_to_the_largest_adapter():
     few = [examples(0, [10, 12, 9]), examples(1, [7, 5])]
     wide = build_step_batches(few, [2, 3], [0, 1], dataclasses.replace(CFG, batch_size=10), pad_id=0)
@@ -268,7 +278,7 @@ def test_coupled_epoch_order_is_a_uniform_permutation():
 
     lengths, trials = [64, 64, 128, 256], 12_000
     rng = np.random.default_rng(0)
-    counts = Counter(tuple(_epoch_order(rng, lengths, epoch, 7, 1)) for epoch in range(trials))
+    counts = Counter(tuple(_epoch_order(rng, lengths, epoch, (7, 0), 1)) for epoch in range(trials))
     assert len(counts) == factorial(4)
     expected = trials / factorial(4)
     chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
@@ -282,16 +292,16 @@ def test_coupled_orders_put_equal_length_ranks_at_equal_steps():
 
     lengths = [[5, 60, 7, 6, 20], [30, 2, 9, 40, 3], [8, 11, 50, 1, 4]]
 
-    def rank_sequences(shared_seed: int | None, epoch: int) -> list[list[int]]:
+    def rank_sequences(shared: tuple[int, ...] | None, epoch: int) -> list[list[int]]:
         orders = [
-            _epoch_order(np.random.default_rng(k), ls, epoch, shared_seed, 1) for k, ls in enumerate(lengths)
+            _epoch_order(np.random.default_rng(k), ls, epoch, shared, 1) for k, ls in enumerate(lengths)
         ]
         return [
             [sorted(ls, reverse=True).index(ls[j]) for j in o] for ls, o in zip(lengths, orders, strict=True)
         ]
 
     for epoch in range(4):
-        coupled = rank_sequences(7, epoch)
+        coupled = rank_sequences((7, 0), epoch)
         assert coupled[1] == coupled[0] and coupled[2] == coupled[0], coupled
     assert any(len({tuple(r) for r in rank_sequences(None, epoch)}) > 1 for epoch in range(4))
 
@@ -376,3 +386,26 @@ def test_remat_policies_give_the_same_adapters(tiny):
     for other in results[1:]:
         for a, b in zip(leaves(results[0]), leaves(other), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def own_orders(layout, lengths: list[int]) -> list[list[int]]:
+    """Each adapter's example order (indices into `lengths`, all distinct) from its real steps at batch 1."""
+    tokens, active = np.asarray(layout.batches.tokens), np.asarray(layout.batches.active)
+    real = [(tokens[k, active[k], 0] != 0).sum(-1) for k in range(tokens.shape[0])]
+    return [[lengths.index(int(n)) for n in seq] for seq in real]
+
+
+def test_the_seeds_of_one_self_edit_draw_independent_orders():
+    """Three seeds of one self-edit (same sequences, unequal lengths) on their own streams: each pair of seeds
+    agrees on an epoch's order about 1/n! of the time (independent, uniform), not always (one shared stream)."""
+    lengths = [5, 9, 13]
+    cfg = dataclasses.replace(CFG, step_bucket=1)
+    adapters = [[EncodedExample(np.full(n, 1, np.int32), np.ones(n, np.float32)) for n in lengths]] * 3
+    epochs = 400
+    layout = build_step_batches(adapters, [epochs] * 3, [0, 1, 2], cfg, pad_id=0, streams=[0, 1, 2])
+    orders = [np.reshape(o, (epochs, 3)) for o in own_orders(layout, lengths)]
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        agree = np.mean((orders[a] == orders[b]).all(-1))
+        assert 0.08 < agree < 0.27, (a, b, agree)  # 1/6 expected; a shared stream gives 1.0
+    shared = build_step_batches(adapters, [epochs] * 3, [0, 1, 2], cfg, pad_id=0, streams=[4, 4, 4])
+    assert len({tuple(o) for o in own_orders(shared, lengths)}) == 1  # what one stream does to them

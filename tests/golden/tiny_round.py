@@ -2,8 +2,11 @@
 every journal record's reward, loss, self-edit and answers, the round adapter's per-leaf sums and the table.
 
 `python -m tests.golden.tiny_round OUT.json [num_cpu_devices]` writes the summary; `tiny_round.json` beside this
-file was written by the pre-runtime engine (commit 2c41562) and `tests/test_golden.py` compares today's code
-against it, on 1 and on 8 devices.
+file was written (`python -m tests.golden.tiny_round tests/golden/tiny_round.json 1`) by commit 5749905, which
+gives each seed index its own data-order stream (the coupled stream is now seeded by `order_seed`, the seed index
+and the epoch, so every inner-loop order, its losses and a few answers changed on purpose); before it, by the
+pre-runtime engine (commit 2c41562). `tests/test_golden.py` compares today's code against it, on 1 and on 8
+devices.
 """
 
 from __future__ import annotations

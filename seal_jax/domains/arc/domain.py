@@ -11,7 +11,9 @@ from seal_jax.domains.arc import views
 from seal_jax.domains.arc.augment import AugmentGroups
 from seal_jax.domains.arc.grids import MAX_SIDE, ArcTask, FormatChat, answer_text, task_key
 from seal_jax.domains.arc.self_edit import (
+    INSTRUCTION,
     ORACLE_PLAN,
+    SYSTEM_MESSAGE,
     SelfEditPlan,
     check_step_cap,
     parse_self_edit_json,
@@ -20,9 +22,11 @@ from seal_jax.domains.arc.self_edit import (
 from seal_jax.domains.arc.ttt_data import MAX_EXAMPLES, build_ttt_examples
 from seal_jax.domains.arc.voting import judge, pass_at_2
 from seal_jax.domains.base import InnerHparams, Invalid, Query, Score, SelfEdit, TrainExample
+from seal_jax.domains.prompt_file import PromptSet
 
 __all__ = ["ORACLE_PLAN", "ArcDomain", "max_answer_tokens"]
 
+DEFAULT_WORDING = PromptSet()
 MAX_TOKENS = 8192  # the reference drops TTT texts and eval prompts of this many tokens or more
 
 
@@ -37,7 +41,10 @@ class ArcDomain:
     Args:
       tasks: the tasks of each split, e.g. {"train": reference_subset("train"), "eval": ...}; every test input
         needs its gold output for scoring.
-      format_chat: renders chat messages with the model's template and the generation prompt.
+      format_chat: renders chat messages with the adapted model's template and the generation prompt.
+      writer_chat: the same for the self-edit prompt when another model writes the self-edits (teacher-student);
+        default `format_chat`.
+      wording: the self-edit prompt's system message and instruction, where given (`prompt_file`).
       eos_text: the text that ends an assistant turn (e.g. "<|eot_id|>"); appended to TTT completions.
       seed: seeds the context order, the TTT data and the evaluation views (the reference used 0 throughout).
       eval_max_new_tokens: the answer budget; default `max_answer_tokens()` (a 30x30 grid).
@@ -45,6 +52,8 @@ class ArcDomain:
         dropped as in the reference.
       ttt_cap: at most this many TTT examples per self-edit (the reference's 250).
       lenient_json: accept quoted booleans/numbers in self-edit plans (`parse_self_edit_json`); default strict.
+      per_test_input: reward = the share of test inputs solved (the reference scored each test input of a task
+        as its own sub-task); default: 1.0 iff every test input is solved (pass@2 of the whole task).
     """
 
     name = "arc"
@@ -61,14 +70,21 @@ class ArcDomain:
         max_tokens: int = MAX_TOKENS,
         ttt_cap: int = MAX_EXAMPLES,
         lenient_json: bool = False,
+        per_test_input: bool = False,
+        writer_chat: FormatChat | None = None,
+        wording: PromptSet = DEFAULT_WORDING,
     ) -> None:
         self.tasks = {split: tuple(ts) for split, ts in tasks.items()}
         self.format_chat = format_chat
+        self.writer_chat = writer_chat or format_chat
+        self.system_message = wording.arc_system if wording.arc_system is not None else SYSTEM_MESSAGE
+        self.instruction = wording.arc_instruction if wording.arc_instruction is not None else INSTRUCTION
         self.eos_text = eos_text
         self.seed = seed
         self.eval_max_new_tokens = eval_max_new_tokens or max_answer_tokens()
         self.ttt_cap = ttt_cap
         self.lenient_json = lenient_json
+        self.per_test_input = per_test_input
         self._fits = None if count_tokens is None else (lambda text: count_tokens(text) < max_tokens)
         self._ttt_cache: dict[tuple[bytes, AugmentGroups], tuple[TrainExample, ...]] = {}
         self._query_cache: dict[bytes, tuple[Query, ...]] = {}
@@ -82,7 +98,7 @@ class ArcDomain:
 
     def self_edit_prompt(self, ctx: ArcTask) -> str:
         """The policy's prompt: demos (no test input) and the JSON-plan instruction, chat template applied."""
-        return self.format_chat(self_edit_messages(ctx))
+        return self.writer_chat(self_edit_messages(ctx, self.system_message, self.instruction))
 
     def parse_self_edit(self, ctx: ArcTask, text: str) -> SelfEdit | Invalid:
         """A JSON plan -> its TTT examples and inner-loop hparams, or why it cannot be used."""
@@ -123,7 +139,8 @@ class ArcDomain:
         return list(self._query_cache[key])
 
     def score(self, ctx: ArcTask, queries: Sequence[Query], outputs: Sequence[str]) -> Score:
-        """Reward 1.0 iff every test input's gold output is among its 2 voted attempts (pass@2), else 0.0."""
+        """Reward 1.0 iff every test input's gold output is among its 2 voted attempts (pass@2), else 0.0; with
+        `per_test_input`, the share of test inputs whose gold output is among their 2 attempts."""
         gold = [ex.output for ex in ctx.test]
         if any(g is None for g in gold):
             raise ValueError(f"task {ctx.id} has test inputs without a gold output; it cannot be scored")
@@ -142,4 +159,6 @@ class ArcDomain:
                 for i, v in enumerate(verdicts)
             },
         }
+        if self.per_test_input:
+            return Score(sum(v.correct for v in verdicts) / len(verdicts), details)
         return Score(1.0 if solved else 0.0, details)

@@ -109,17 +109,19 @@ def _grid_rows(grid: Grid) -> str:
     return "".join(" ".join(str(int(v)) for v in row) + "\n" for row in grid)
 
 
-def self_edit_messages(task: ArcTask) -> Messages:
+def self_edit_messages(
+    task: ArcTask, system: str = SYSTEM_MESSAGE, instruction: str = INSTRUCTION
+) -> Messages:
     """The policy's chat messages: each demo as `Input:`/`Output:` rows, `------`, the instruction.
 
-    The test input is deliberately not shown.
+    The test input is deliberately not shown. `system` and `instruction` default to seal_jax's wording.
     """
     demos = "".join(
         f"Input:\n{_grid_rows(ex.input)}\nOutput:\n{_grid_rows(ex.output)}\n" for ex in task.train
     )
     return [
-        {"role": "system", "content": SYSTEM_MESSAGE},
-        {"role": "user", "content": demos + "------\n\n" + INSTRUCTION},
+        {"role": "system", "content": system},
+        {"role": "user", "content": demos + "------\n\n" + instruction},
     ]
 
 

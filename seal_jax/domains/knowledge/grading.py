@@ -134,7 +134,10 @@ _YES = re.compile(r"\byes\b", re.IGNORECASE)
 _NO = re.compile(r"\bno\b", re.IGNORECASE)
 
 
-def judge_prompt(question: str, gold: str, prediction: str) -> str:
+def judge_prompt(question: str, gold: str, prediction: str, template: str | None = None) -> str:
+    """The judge's user message: seal_jax's wording, or `template` over {question}, {gold}, {prediction}."""
+    if template is not None:
+        return template.format(question=question, gold=gold, prediction=prediction.strip())
     return (
         f"{JUDGE_INSTRUCTIONS}\n\nQuestion: {question}\nGold answer: {gold}\n"
         f"Student answer: {prediction.strip()}\n"
@@ -156,7 +159,7 @@ class OpenAIJudge:
     `fallback` grader decides and the verdict says `source="fallback"` with the last error. The API key is
     read from the environment variable named `api_key_env` at call time (no Authorization header when it is
     unset, e.g. for a local vLLM server). `temperature=None` leaves it to the server (for models that only
-    accept their default)."""
+    accept their default). `prompt_template` replaces the judge prompt's wording (`judge_prompt`)."""
 
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-4.1"
@@ -167,6 +170,7 @@ class OpenAIJudge:
     backoff_s: float = 1.0
     fallback: OfflineGrader = OfflineGrader()
     sleep: Callable[[float], None] = time.sleep
+    prompt_template: str | None = None
 
     def _request(self, prompt: str) -> str:
         body = {"model": self.model, "messages": [{"role": "user", "content": prompt}]}
@@ -194,7 +198,7 @@ class OpenAIJudge:
             if attempt:
                 self.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                reply = self._request(judge_prompt(question, gold, prediction))
+                reply = self._request(judge_prompt(question, gold, prediction, self.prompt_template))
             except (OSError, ValueError, LookupError, TypeError) as e:
                 error = f"{type(e).__name__}: {e}"
                 continue
