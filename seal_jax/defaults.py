@@ -130,6 +130,14 @@ def knowledge() -> ml_collections.ConfigDict:
             "judge_base_url": "https://api.openai.com/v1",
             "judge_model": "gpt-4.1",
             "judge_api_key_env": "OPENAI_API_KEY",
+            "judge_api": "responses",  # the reference's OpenAI Responses API | "chat" (/chat/completions)
+            "judge_temperature": -1.0,  # < 0: none sent, the server's default (the reference's)
+            # Per attempt, attempts after the first, the first wait (doubling), and the judge's whole run: a
+            # verdict it cannot get within these counts as wrong (journaled, logged, counted in results.json).
+            "judge_timeout_s": 30.0,
+            "judge_retries": 3,
+            "judge_backoff_s": 1.0,
+            "judge_budget_s": 3600.0,
         }
     )
     cfg.restem = sections.section((RestemConfig(), RESTEM_KEYS))

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 from absl import logging
 
 from seal_jax import defaults, report, sections
+from seal_jax.domains.knowledge.grading import failed_verdicts
 from seal_jax.engine import sharding
+from seal_jax.engine.checkpoint import Journal
 from seal_jax.engine.evaluator import EngineConfig, Evaluator
 from seal_jax.engine.inner import InnerConfig
 from seal_jax.engine.runtime import Runtime
@@ -112,19 +114,38 @@ def restem_config(cfg: Any, model: Runtime) -> RestemConfig:
         )
 
 
+def judge_summary(workdir: Path) -> dict[str, int]:
+    """{"judged", "failed"}: answers sent to the LLM judge over every journal of the run, and how many of them
+    got no verdict from it (counted wrong). Read from the journals, so a resumed run counts its earlier work."""
+    records = [
+        record
+        for path in sorted((Path(workdir) / "journal").glob("*.jsonl"))
+        for record in Journal(path.parent, path.stem).records.values()
+    ]
+    judged, failed = failed_verdicts(records)
+    if failed:
+        logging.warning("the judge gave no verdict on %d of %d answers: they count as wrong", failed, judged)
+    return {"judged": judged, "failed": failed}
+
+
 def finish(
     workdir: Path,
     rows: list[tuple[str, float, str]],
     stats: list[dict[str, Any]],
     title: str,
+    judge: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Prints the table; writes results.json and results.png."""
+    """Prints the table (with the judge's failed verdicts under it when `judge` is given); writes results.json
+    and results.png."""
     table = report.format_table(rows, title)
+    if judge is not None:
+        table += f"\njudge: no verdict on {judge['failed']} of {judge['judged']} answers (counted wrong)"
     print(table)
     payload = {
         "title": title,
         "table": [{"method": m, "accuracy": a, "note": n} for m, a, n in rows],
         "rounds": stats,
+        **({"judge": judge} if judge is not None else {}),
     }
     report.write_json(workdir / "results.json", payload)
     report.plot_results(workdir / "results.png", rows, stats, title)

@@ -50,15 +50,31 @@ def passages(cfg: Any) -> tuple[list[data.Passage], list[data.Passage]]:
 
 
 def grader(cfg: Any) -> Any:
-    if cfg.eval.grader == "offline":
+    """The offline grader, or the LLM judge with its endpoint, temperature (< 0: the server's default, as the
+    reference runs GPT-4.1) and time bounds from cfg.eval."""
+    e = cfg.eval
+    if e.grader == "offline":
         return OfflineGrader()
-    if cfg.eval.grader == "judge":
+    if e.grader != "judge":
+        raise UserInputError(f"unknown grader {e.grader!r}: expected 'offline' or 'judge'")
+    with common.config_section("judge"):
+        temperature = float(e.judge_temperature)
         return OpenAIJudge(
-            base_url=cfg.eval.judge_base_url,
-            model=cfg.eval.judge_model,
-            api_key_env=cfg.eval.judge_api_key_env,
+            base_url=e.judge_base_url,
+            model=e.judge_model,
+            api_key_env=e.judge_api_key_env,
+            api=e.judge_api,
+            temperature=None if temperature < 0 else temperature,
+            timeout_s=float(e.judge_timeout_s),
+            retries=int(e.judge_retries),
+            backoff_s=float(e.judge_backoff_s),
+            budget_s=float(e.judge_budget_s),
         )
-    raise UserInputError(f"unknown grader {cfg.eval.grader!r}: expected 'offline' or 'judge'")
+
+
+def judged(cfg: Any, workdir: Path) -> dict[str, int] | None:
+    """The judge's verdict counts for results.json (None with the offline grader)."""
+    return common.judge_summary(workdir) if cfg.eval.grader == "judge" else None
 
 
 def make_domain(cfg: Any, model: Runtime, train: list, evals: list) -> KnowledgeDomain:
@@ -156,7 +172,9 @@ def run(cfg: Any) -> dict[str, Any]:
                 "ReST-EM",
             )
         )
-        return common.finish(workdir, rows, stats, f"knowledge: {cfg.model}, {len(evals)} held-out passages")
+        return common.finish(
+            workdir, rows, stats, f"knowledge: {cfg.model}, {len(evals)} held-out passages", judged(cfg, workdir)
+        )
 
 
 # Journal prefix of the replay's no-update row (self-edit files are keyed by their own names).
@@ -210,5 +228,9 @@ def replay(cfg: Any) -> dict[str, Any]:
             records = evaluate_items(evaluator, domain, items, journal, f"replay: {name}")
             rows.append((f"{name} self-edits", heldout.accuracy(records, f"{name}/"), Path(files[name]).name))
         return common.finish(
-            workdir, rows, [], f"replay: {cfg.model}, {len(evals)} passages, first completion each"
+            workdir,
+            rows,
+            [],
+            f"replay: {cfg.model}, {len(evals)} passages, first completion each",
+            judged(cfg, workdir),
         )
