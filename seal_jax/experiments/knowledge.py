@@ -16,13 +16,13 @@ from seal_jax.domains.knowledge import data
 from seal_jax.domains.knowledge.domain import KnowledgeDomain
 from seal_jax.domains.knowledge.grading import OfflineGrader, OpenAIJudge
 from seal_jax.engine.checkpoint import Journal
-from seal_jax.engine.evaluator import Evaluator
+from seal_jax.engine.evaluator import EngineConfig, Evaluator
 from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.text import format_chat
 from seal_jax.errors import UserInputError, require_positive
-from seal_jax.experiments import common, heldout
+from seal_jax.experiments import checks, common, heldout
 from seal_jax.experiments.workdir import open_workdir
-from seal_jax.restem import Item, evaluate_items, run_restem, stable_seed
+from seal_jax.restem import Item, RestemConfig, evaluate_items, run_restem, stable_seed
 
 
 def _pool(source: str, split: str) -> tuple[str, ...]:
@@ -77,8 +77,9 @@ def judged(cfg: Any, workdir: Path) -> dict[str, int] | None:
     return common.judge_summary(workdir) if cfg.eval.grader == "judge" else None
 
 
-def make_domain(cfg: Any, model: Runtime, train: list, evals: list) -> KnowledgeDomain:
-    chat = functools.partial(format_chat, model.tokenizer) if cfg.domain.chat else None
+def make_domain(cfg: Any, tokenizer: Any, train: list, evals: list) -> KnowledgeDomain:
+    """The knowledge domain over `train` and `evals`, its prompts in the self-edit writer's `tokenizer`."""
+    chat = functools.partial(format_chat, tokenizer) if cfg.domain.chat else None
     with common.config_section("domain"):
         require_positive(
             "knowledge inner loop",
@@ -132,7 +133,7 @@ def evaluate_heldout(
             policy,
             int(cfg.eval.samples),
             seeds,
-            common.policy_sampling(policy, cfg.restem),
+            common.policy_sampling(policy.tokenizer, cfg.restem),
             int(cfg.restem.sample_batch),
             journal,
             cfg.seed,
@@ -140,15 +141,74 @@ def evaluate_heldout(
     return heldout.accuracy(records, f"{method}/")
 
 
+def check_budgets(
+    cfg: Any,
+    spec: checks.ModelSpec,
+    writer: checks.ModelSpec,
+    domain: KnowledgeDomain,
+    engine: EngineConfig,
+    restem_cfg: RestemConfig | None,
+) -> None:
+    """Token budgets, memory and step counts, before any weights load: self-edit prompts (of the writer) and
+    closed-book questions (of the model) fit the context; training sequences longer than `inner.max_length` are
+    logged as truncated; the run's optimizer steps stay under the cap. `restem_cfg` None: no ReST-EM (replay)."""
+    contexts = domain.contexts("train") + domain.contexts("eval")
+    if restem_cfg is not None:
+        checks.check_prompts(
+            "self-edit sampling",
+            writer,
+            [domain.self_edit_prompt(c) for c in contexts],
+            restem_cfg.sampling.max_new,
+            int(cfg.restem.sample_batch),
+            [f"passage {c.id}" for c in contexts],
+        )
+    queries = [(q.prompt, f"passage {c.id}") for c in contexts for q in domain.eval_queries(c)]
+    checks.check_prompts(
+        "closed-book answers",
+        spec,
+        [q for q, _ in queries],
+        domain.eval_max_new_tokens,
+        engine.chunk_k * max(len(c.questions) for c in contexts),
+        [name for _, name in queries],
+    )
+    passages_text = [e.completion for c in contexts for e in domain.passage_only_self_edit(c).examples]
+    checks.warn_truncation("inner loop", spec, passages_text, engine.inner.max_length, "inner.max_length")
+    if restem_cfg is None:
+        return
+    e = cfg.eval
+    per_eval = int(e.seeds) * (1 + 2 * int(e.samples)) + 1  # passage, round-0 and SEAL self-edits, base
+    adaptations = len(domain.contexts("eval")) * per_eval
+    adaptations += (
+        restem_cfg.rounds
+        * restem_cfg.contexts_per_round
+        * restem_cfg.samples_per_context
+        * (restem_cfg.eval_seeds)
+    )
+    checks.check_training(
+        "knowledge",
+        spec.config,
+        engine,
+        restem_cfg,
+        adaptations,
+        domain.max_sequences + 1,
+        domain.hparams.epochs,
+    )
+
+
 def run(cfg: Any) -> dict[str, Any]:
     """ReST-EM on the knowledge domain with the held-out table; writes results.json and results.png."""
-    train, evals = passages(cfg)  # bad data fails before the model loads
+    # Everything checkable is checked before the weights load and before the workdir is entered.
+    train, evals = passages(cfg)
+    spec = checks.model_spec(cfg.model)
+    writer_spec = checks.model_spec(cfg.writer_model) if cfg.writer_model else spec
+    domain = make_domain(cfg, writer_spec.tokenizer, train, evals)
+    engine = common.engine_config(cfg, spec.tokenizer, domain.eval_max_new_tokens)
+    restem_cfg = common.restem_config(cfg, writer_spec.tokenizer)
+    common.check_eval(cfg)
+    check_budgets(cfg, spec, writer_spec, domain, engine, restem_cfg)
     model = common.load(cfg)
     writer = common.load(cfg, cfg.writer_model) if cfg.writer_model else model
-    domain = make_domain(cfg, writer, train, evals)
-    evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
-    restem_cfg = common.restem_config(cfg, writer)
-    common.check_eval(cfg)
+    evaluator = Evaluator(model, engine)
     with open_workdir(cfg) as workdir:  # only now: every setting and the data are good
         report.write_file(workdir / "selection_train.json", data.selection_json(train))
         report.write_file(workdir / "selection_eval.json", data.selection_json(evals))
@@ -173,7 +233,11 @@ def run(cfg: Any) -> dict[str, Any]:
             )
         )
         return common.finish(
-            workdir, rows, stats, f"knowledge: {cfg.model}, {len(evals)} held-out passages", judged(cfg, workdir)
+            workdir,
+            rows,
+            stats,
+            f"knowledge: {cfg.model}, {len(evals)} held-out passages",
+            judged(cfg, workdir),
         )
 
 
@@ -183,7 +247,6 @@ NO_UPDATE = "no_update"
 
 def replay(cfg: Any) -> dict[str, Any]:
     """Evaluates given self-edit files (reference format) through the inner loop: the paper's Table 2 layout."""
-    model = common.load(cfg)
     files = {
         name: Path(cfg.replay.directory) / f"{name}_val.json" for name in common.targets(cfg.replay.names)
     }
@@ -199,8 +262,12 @@ def replay(cfg: Any) -> dict[str, Any]:
     except (ValueError, OSError) as err:
         raise UserInputError(str(err).splitlines()[0]) from None
     evals = pool[: int(cfg.replay.num_passages)]
-    domain = make_domain(cfg, model, [], evals)
-    evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
+    spec = checks.model_spec(cfg.model)  # the files and settings are checked before the weights load
+    domain = make_domain(cfg, spec.tokenizer, [], evals)
+    engine = common.engine_config(cfg, spec.tokenizer, domain.eval_max_new_tokens)
+    check_budgets(cfg, spec, spec, domain, engine, None)
+    model = common.load(cfg)
+    evaluator = Evaluator(model, engine)
     with open_workdir(cfg) as workdir:
         journal = Journal(workdir / "journal", "replay")
         records = evaluate_items(

@@ -222,7 +222,11 @@ class OpenAIJudge:
     def _request(self, prompt: str, timeout: float) -> str:
         path, parse = JUDGE_APIS[self.api]
         body: dict = {"model": self.model}
-        body |= {"input": prompt} if self.api == "responses" else {"messages": [{"role": "user", "content": prompt}]}
+        body |= (
+            {"input": prompt}
+            if self.api == "responses"
+            else {"messages": [{"role": "user", "content": prompt}]}
+        )
         if self.temperature is not None:
             body["temperature"] = self.temperature
         headers = {"Content-Type": "application/json"}
@@ -250,7 +254,9 @@ class OpenAIJudge:
         for attempt in range(self.retries + 1):
             wait = self.backoff_s * 2 ** (attempt - 1) if attempt else 0.0
             if self.clock.spent + wait >= self.budget_s:
-                error = f"the judge's time budget of {self.budget_s:g} s is used up ({error or 'no call made'})"
+                error = (
+                    f"the judge's time budget of {self.budget_s:g} s is used up ({error or 'no call made'})"
+                )
                 break
             if wait:
                 self.sleep(wait)
