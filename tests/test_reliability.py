@@ -170,7 +170,7 @@ def test_a_malformed_arc_task_file_is_refused_before_the_weights_load(tmp_path, 
     cfg = defaults.arc()
     cfg.update(model="tiny-random-llama", workdir=str(tmp_path / "run"))
     cfg.data.update(source="kaggle", challenges=str(challenges), eval_challenges=str(challenges))
-    refused(cfg, "")
+    refused(cfg, "challenges.json: expected a JSON object")
 
 
 def test_a_huge_generate_prompt_is_one_line(tmp_path, no_weights):
@@ -251,3 +251,136 @@ def test_the_same_config_resumes_after_a_failure_and_clears_it(tmp_path):
     with open_workdir(cfg):
         assert (workdir / "journal" / "heldout.jsonl").exists()  # resumed, not set aside
     assert not (workdir / FAILED).exists()
+
+
+# The property test: one override of any type on a config whose clean run takes seconds.
+PROPERTY_CONFIG = {
+    "model": "tiny-random-llama",
+    "dtype": "float32",
+    "data": {"train_source": "demo", "eval_source": "demo", "num_eval": 1, "num_train": 1},
+    "eval": {"baselines": False},  # the run: 1 self-edit sampled, adapted on and graded, no ReST-EM round
+    "inner": {"epochs": 1, "chunk_k": 1},
+    "restem": {
+        "rounds": 0,
+        "contexts_per_round": 1,
+        "samples_per_context": 1,
+        "eval_seeds": 1,
+        "max_self_edit_tokens": 4,
+        "sample_batch": 1,
+    },
+    "sft": {"epochs": 1, "batch_size": 1},
+}
+KEYS = [
+    "seed",
+    "workdir",
+    "dtype",
+    "model",
+    "writer_model",
+    "data.num_eval",
+    "data.eval_source",
+    "data.selection_seed",
+    "domain.prompt",
+    "domain.max_sequences",
+    "inner.epochs",
+    "inner.learning_rate",
+    "inner.lora_rank",
+    "inner.lora_alpha",
+    "inner.lora_targets",
+    "inner.max_length",
+    "inner.batch_size",
+    "inner.chunk_k",
+    "inner.warmup_steps",
+    "restem.rounds",
+    "restem.max_self_edit_tokens",
+    "restem.temperature",
+    "restem.top_p",
+    "restem.sample_batch",
+    "restem.selection",
+    "sft.batch_size",
+    "sft.epochs",
+    "sft.learning_rate",
+    "sft.max_length",
+    "eval.samples",
+    "eval.grader",
+]
+VALUES = [0, 1, 2, -1, -(2**63), 2**63, 10**20, 0.0, -1.0, 1e-30, 1e30, float("nan"), float("inf")]
+VALUES += ["", " ", "x", "q,zz", "0", "nan", "1e999", "\x00", "y" * 10_000, True, False]
+
+
+def base_config(workdir: Path):
+    from seal_jax import defaults
+
+    cfg = defaults.knowledge()
+    cfg.update_from_flattened_dict(
+        {
+            f"{section}.{key}" if isinstance(values, dict) else section: value
+            for section, values in PROPERTY_CONFIG.items()
+            for key, value in (values.items() if isinstance(values, dict) else [(None, values)])
+        }
+    )
+    cfg.workdir = str(workdir)
+    return cfg
+
+
+def cli(cfg, key: str | None = None, value=None) -> int:
+    """What `python -m seal_jax.main` does with `--config.<key>=<value>`, in-process: an override the config's
+    types reject, or a UserInputError, is exit 2 with one line; anything else propagates (a traceback)."""
+    if key is not None:
+        try:
+            cfg.update_from_flattened_dict({key: value})
+        except (TypeError, ValueError, OverflowError):
+            return 2
+    try:
+        experiments.dispatch(cfg)
+    except UserInputError as err:
+        assert "\n" not in str(err), str(err)
+        return 2
+    return 0
+
+
+@pytest.fixture
+def compilation_cache(tmp_path_factory):
+    """The persistent compilation cache `main` uses, so the property test's runs after the first compile little."""
+    import jax
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+
+
+def test_any_single_override_runs_cleanly_or_is_one_line_and_the_fix_then_works(tmp_path, compilation_cache):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    runs = iter(range(10**6))
+
+    @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.sampled_from(KEYS), st.sampled_from(VALUES))
+    def check(key, value):
+        workdir = tmp_path / f"run{next(runs)}"
+        status = cli(base_config(workdir), key, value)
+        assert status in (0, 2)
+        if status == 2 and key != "workdir":
+            assert not (workdir / "journal").exists() or (workdir / FAILED).exists()
+            assert cli(base_config(workdir)) == 0  # the corrected command, same workdir
+            assert (workdir / "results.json").exists()
+
+    check()
+
+
+def test_failed_judge_verdicts_are_counted_in_results_json_and_the_table(tmp_path, capsys, caplog):
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    verdicts = [{"source": "judge"}, {"source": "failed", "error": "TimeoutError"}, {"source": "judge"}]
+    (journal / "heldout.jsonl").write_text(json.dumps({"key": "a", "details": {"verdicts": verdicts}}) + "\n")
+    (journal / "round_0.jsonl").write_text(
+        json.dumps({"key": "b", "details": {"verdicts": [{"source": "failed"}]}}) + "\n"
+    )
+    judge = common.judge_summary(tmp_path)
+    assert judge == {"judged": 4, "failed": 2} and "no verdict on 2 of 4" in caplog.text
+    common.finish(tmp_path, [("base", 0.5, "")], [], "t", judge)
+    assert json.loads((tmp_path / "results.json").read_text())["judge"] == {"judged": 4, "failed": 2}
+    assert "judge: no verdict on 2 of 4 answers (counted wrong)" in capsys.readouterr().out

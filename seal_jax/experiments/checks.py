@@ -180,6 +180,11 @@ def check_training(
     check_targets(what, sft.lora.targets, "sft.lora_targets")
     check_max_length(what, inner.max_length, "inner.max_length")
     check_max_length(what, sft.max_length, "sft.max_length")
+    for key, lora in (("inner.lora_rank", inner.lora), ("sft.lora_rank", sft.lora)):
+        if lora.rank > model.hidden_size:  # beyond the projections' smaller side a rank adds only memory
+            raise UserInputError(
+                f"{what}: {key}={lora.rank} exceeds the model's hidden size {model.hidden_size}"
+            )
     kept = restem.contexts_per_round * restem.samples_per_context  # the most self-edits a round can keep
     check_batch(what, model, inner.batch_size, examples, inner.max_length, "inner.batch_size")
     check_batch(what, model, sft.batch_size, kept, sft.max_length, "sft.batch_size")
