@@ -110,6 +110,11 @@ def check_budgets(
     """Self-edit prompts and test queries fit the model's context and memory; the run's optimizer steps stay
     under the cap (each adaptation counted at `domain.ttt_cap` examples and one epoch: a plan's own epochs are
     bounded by the self-edit parser)."""
+    if engine.inner.max_length < int(cfg.domain.max_tokens):
+        raise UserInputError(
+            f"inner.max_length={engine.inner.max_length} < domain.max_tokens={cfg.domain.max_tokens}: TTT texts "
+            "are kept up to domain.max_tokens and would lose their outputs (the only trained tokens) to truncation"
+        )
     tasks_ = domain.contexts("train") + domain.contexts("eval")
     names = [f"task {t.id}" for t in tasks_]
     checks.check_prompts(

@@ -9,7 +9,6 @@ cap. The model's config and tokenizer are read without its weights (`model_spec`
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import jax
 from absl import logging
 
+from seal_jax.engine.inner import steps_for
 from seal_jax.engine.text import encode_prompts
 from seal_jax.errors import UserInputError
 from seal_jax.models.config import ModelConfig
@@ -42,6 +42,8 @@ def check_run(cfg: Any) -> None:
     workdir = cfg.get("workdir")
     if workdir is not None and not str(workdir).strip():
         raise UserInputError("workdir is empty: name a run directory, e.g. --config.workdir=runs/my_run")
+    if workdir is not None and "\x00" in str(workdir):
+        raise UserInputError("workdir contains a NUL character")
     seed = cfg.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise UserInputError(f"seed={seed!r} must be an integer in [0, {MAX_SEED}]")
@@ -107,11 +109,6 @@ def check_prompts(
         )
 
 
-def steps(epochs: int, examples: int, batch_size: int) -> int:
-    """Optimizer steps of `epochs` passes over `examples` in batches of `batch_size`."""
-    return epochs * math.ceil(examples / batch_size)
-
-
 def check_steps(what: str, total: int, hint: str) -> None:
     """`total` optimizer steps of a run is at most MAX_TOTAL_STEPS."""
     if total > MAX_TOTAL_STEPS:
@@ -120,24 +117,17 @@ def check_steps(what: str, total: int, hint: str) -> None:
         )
 
 
-def check_batch(what: str, model: ModelConfig, batch_size: int, most: int, max_length: int, key: str) -> None:
-    """A batch larger than the `most` examples it can hold is padded to `batch_size` rows: logged, or refused
-    when even one activation of the padded batch (`batch_size` x `max_length` x hidden, f32) exceeds memory."""
-    if batch_size <= most:
-        return
-    need, have = 4 * batch_size * max_length * model.hidden_size, available_bytes()
-    if need > have:
-        raise UserInputError(
-            f"{what}: {key}={batch_size} rows (at most {most} of them real) need ~{need / 2**30:.3g} GiB per "
-            f"activation > {have / 2**30:.1f} GiB of memory; lower it"
+def check_batch(what: str, batch_size: int, most: int, key: str) -> None:
+    """Logs (a decision, not an error) a batch size above the `most` examples a batch can hold: the loop then
+    runs them as one batch of their own size (HF's partial batch), so nothing is padded."""
+    if batch_size > most:
+        logging.warning(
+            "%s: %s=%d exceeds the at most %d examples there are to batch: they run as one batch of their own size",
+            what,
+            key,
+            batch_size,
+            most,
         )
-    logging.warning(
-        "%s: %s=%d exceeds the at most %d examples a batch holds: the rest are padding",
-        what,
-        key,
-        batch_size,
-        most,
-    )
 
 
 def check_max_length(what: str, max_length: int, key: str) -> None:
@@ -186,8 +176,10 @@ def check_training(
                 f"{what}: {key}={lora.rank} exceeds the model's hidden size {model.hidden_size}"
             )
     kept = restem.contexts_per_round * restem.samples_per_context  # the most self-edits a round can keep
-    check_batch(what, model, inner.batch_size, examples, inner.max_length, "inner.batch_size")
-    check_batch(what, model, sft.batch_size, kept, sft.max_length, "sft.batch_size")
-    total = adaptations * steps(epochs, examples, inner.batch_size)
-    total += restem.rounds * steps(sft.epochs, kept, sft.batch_size)
+    check_batch(what, inner.batch_size, examples, "inner.batch_size")
+    check_batch(what, sft.batch_size, kept, "sft.batch_size")
+    for key, warmup in (("inner.warmup_steps", engine.warmup_steps), ("sft.warmup_steps", sft.warmup_steps)):
+        check_steps(what, warmup, f"{key} is a count of optimizer steps")
+    total = adaptations * steps_for(examples, epochs, inner.batch_size)
+    total += restem.rounds * steps_for(kept, sft.epochs, sft.batch_size)
     check_steps(what, total, "lower the epochs, rounds or counts")

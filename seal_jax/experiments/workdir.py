@@ -9,6 +9,7 @@ may be local or `gs://...`; an object store has no lock, so there nothing keeps 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 from collections.abc import Iterator
@@ -106,6 +107,10 @@ def _check_devices(workdir: epath.Path, has_work: bool) -> None:
         write_atomically(record, json.dumps(current) + "\n")
 
 
+# A directory that refuses writes or is full: the user's to fix, not a bug.
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 def as_user_error(err: BaseException, workdir: epath.Path) -> UserInputError | None:
     """The one-line error for a failure a run's own settings or its directory caused mid-run: bad input found
     late, out of device memory, or a directory it cannot write. None for anything else (a bug: its traceback
@@ -115,7 +120,7 @@ def as_user_error(err: BaseException, workdir: epath.Path) -> UserInputError | N
     first = (str(err).strip().splitlines() or [""])[0][:200]
     if isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in first:
         return UserInputError(f"out of memory ({first}); lower batch sizes, chunk_k or token budgets")
-    if isinstance(err, OSError):
+    if isinstance(err, OSError) and err.errno in _UNWRITABLE:
         return UserInputError(f"cannot write in {workdir} ({type(err).__name__}: {first})")
     return None
 
