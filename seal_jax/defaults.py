@@ -132,12 +132,13 @@ def knowledge() -> ml_collections.ConfigDict:
             "judge_api_key_env": "OPENAI_API_KEY",
             "judge_api": "responses",  # the reference's OpenAI Responses API | "chat" (/chat/completions)
             "judge_temperature": -1.0,  # < 0: none sent, the server's default (the reference's)
-            # Per attempt, attempts after the first, the first wait (doubling), and the judge's whole run: a
-            # verdict it cannot get within these counts as wrong (journaled, logged, counted in results.json).
+            # Per attempt, attempts after the first, the first wait (doubling), and the time the whole run may
+            # lose to failed attempts and waits: a verdict not given within these counts as wrong (journaled,
+            # logged, counted in results.json).
             "judge_timeout_s": 30.0,
             "judge_retries": 3,
             "judge_backoff_s": 1.0,
-            "judge_budget_s": 3600.0,
+            "judge_budget_s": 600.0,
         }
     )
     cfg.restem = sections.section((RestemConfig(), RESTEM_KEYS))

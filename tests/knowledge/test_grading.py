@@ -211,6 +211,16 @@ def test_a_hanging_judge_is_bounded_by_its_timeout_and_total_budget(stub):
     assert len(handler.seen) <= 4  # 0.2 s attempts within 0.5 s, the last one cut to what is left
 
 
+def test_answered_calls_cost_nothing_from_the_budget(stub):
+    url, handler = stub
+    handler.hang = 0.1
+    handler.script = [(None, _reply("yes")[1])] * 4
+    judge = _judge(url, [], budget_s=0.25)
+    assert [judge.grade(f"q{i}", "Otrar", "Otrar").source for i in range(4)] == [
+        "judge"
+    ] * 4  # 0.4 s > 0.25 s
+
+
 def test_failed_verdicts_are_counted_from_journal_records():
     def record(*sources):
         return {"details": {"verdicts": [{"source": s} for s in sources]}}

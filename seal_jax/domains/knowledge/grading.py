@@ -153,7 +153,8 @@ def parse_yes_no(reply: str) -> bool:
 
 
 class _Clock:
-    """Seconds a judge has spent on calls and waits so far (mutable, shared by the judge's copies)."""
+    """Seconds a judge has lost so far to failed attempts and the waits after them (mutable, shared by the
+    judge's copies)."""
 
     def __init__(self) -> None:
         self.spent = 0.0
@@ -191,11 +192,11 @@ class OpenAIJudge:
     One verdict per question: empty predictions are wrong without a call; any other answer gets one request,
     tried `1 + retries` times, each attempt bounded by `timeout_s`, with exponential backoff between attempts
     (`backoff_s`, `2 * backoff_s`, ... through the injectable `sleep`). A verdict whose attempts all fail, or
-    that would start after the judge has spent `budget_s` seconds in total (calls and waits, over the whole
-    run), counts as wrong with `source="failed"` and the error, and logs a warning: it is never handed to
-    another grader. The API key is read from the environment variable named `api_key_env` at call time (no
-    Authorization header when it is unset). `temperature=None` sends none: the server's default, as the
-    reference runs GPT-4.1."""
+    that would start after the judge has lost `budget_s` seconds in total to failed attempts and backoff (over
+    the whole run; answered calls cost nothing, so a long healthy run is never cut short), counts as wrong
+    with `source="failed"` and the error, and logs a warning: it is never handed to another grader. The API
+    key is read from the environment variable named `api_key_env` at call time (no Authorization header when
+    it is unset). `temperature=None` sends none: the server's default, as the reference runs GPT-4.1."""
 
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-4.1"
@@ -205,7 +206,7 @@ class OpenAIJudge:
     timeout_s: float = 30.0
     retries: int = 3
     backoff_s: float = 1.0
-    budget_s: float = 3600.0
+    budget_s: float = 600.0
     lexical: OfflineGrader = OfflineGrader()  # fills the verdict's lexical scores, never its `correct`
     sleep: Callable[[float], None] = time.sleep
     clock: _Clock = dataclasses.field(default_factory=_Clock, compare=False)
@@ -238,13 +239,14 @@ class OpenAIJudge:
             return parse(json.loads(resp.read()))
 
     def _attempt(self, prompt: str) -> str:
-        """One timed request, within what is left of the budget."""
+        """One timed request, within what is left of the budget; a failure's time is charged to it."""
         left = self.budget_s - self.clock.spent
         start = time.monotonic()
         try:
             return self._request(prompt, min(self.timeout_s, left))
-        finally:
+        except BaseException:
             self.clock.spent += time.monotonic() - start
+            raise
 
     def grade(self, question: str, gold: str, prediction: str) -> Verdict:
         lexical = self.lexical.grade(question, gold, prediction)
