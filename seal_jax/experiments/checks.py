@@ -9,6 +9,7 @@ cap. The model's config and tokenizer are read without its weights (`model_spec`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -36,9 +37,26 @@ class ModelSpec:
     tokenizer: Any
 
 
+# Counts and sizes become int32 array entries and shapes somewhere: larger ones would overflow mid-run.
+MAX_INT = 2**31 - 1
+
+
+def _leaves(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if not hasattr(tree, "items"):
+        return [(prefix, tree)]
+    return [
+        leaf for key, value in tree.items() for leaf in _leaves(value, f"{prefix}.{key}" if prefix else key)
+    ]
+
+
 def check_run(cfg: Any) -> None:
-    """The settings every experiment shares: a non-empty workdir (an empty one would write into the current
-    directory) and a seed in [0, MAX_SEED]."""
+    """The settings every experiment shares: no integer beyond int32 and no NaN anywhere, a non-empty workdir
+    (an empty one would write into the current directory) and a seed in [0, MAX_SEED]."""
+    for key, value in _leaves(cfg):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise UserInputError(f"{key}={value} is out of range: integers must lie within +-{MAX_INT}")
+        if isinstance(value, float) and math.isnan(value):
+            raise UserInputError(f"{key} is NaN")
     workdir = cfg.get("workdir")
     if workdir is not None and not str(workdir).strip():
         raise UserInputError("workdir is empty: name a run directory, e.g. --config.workdir=runs/my_run")
