@@ -136,6 +136,15 @@ def knowledge() -> ml_collections.ConfigDict:
             # in-call sweep of the inner loop on the held-out self-edits (experiments/grid.py), e.g.
             # "learning_rate=1e-3,3e-3;epochs=3,5": one more table row per setting
             "inner_grid": "",
+            "judge_api": "responses",  # the reference's OpenAI Responses API | "chat" (/chat/completions)
+            "judge_temperature": -1.0,  # < 0: none sent, the server's default (the reference's)
+            # Per attempt, attempts after the first, the first wait (doubling), and the time the whole run may
+            # lose to failed attempts and waits: a verdict not given within these counts as wrong (journaled,
+            # logged, counted in results.json).
+            "judge_timeout_s": 30.0,
+            "judge_retries": 3,
+            "judge_backoff_s": 1.0,
+            "judge_budget_s": 600.0,
         }
     )
     cfg.restem = sections.section((RestemConfig(), RESTEM_KEYS))

@@ -131,8 +131,16 @@ class RoundCheckpoints:
         )
 
     def latest_round(self) -> int:
-        """The last finished round (0 = none)."""
-        return self.manager.latest_step() or 0
+        """The last finished round (0 = none). Every earlier round must be there too (the policy is rebuilt by
+        merging them in order): a gap is a one-line error naming the missing rounds."""
+        latest = self.manager.latest_step() or 0
+        missing = sorted(set(range(1, latest + 1)) - set(self.manager.all_steps()))
+        if missing:
+            raise UserInputError(
+                f"{self.manager.directory} has round {latest} but not rounds {missing}, which the policy is "
+                "rebuilt from: restore them or use a new --config.workdir"
+            )
+        return latest
 
     def save(self, round_: int, adapter: dict[str, Any], rng: jax.Array, meta: dict[str, Any]) -> None:
         """adapter: the round's SFT LoRA as a pure dict; meta: JSON (config, selection, round statistics)."""
@@ -147,7 +155,14 @@ class RoundCheckpoints:
 
     def restore(self, round_: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """-> (state {"adapter", "rng" key data}, meta) of a finished round, as saved."""
-        out = self.manager.restore(
-            round_, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
-        )
+        try:
+            out = self.manager.restore(
+                round_, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+            )
+        except (OSError, ValueError) as err:  # files deleted or damaged after the round finished
+            line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise UserInputError(
+                f"the checkpoint of round {round_} in {self.manager.directory} cannot be read ({line}): restore "
+                "it or use a new --config.workdir"
+            ) from None
         return out.state, out.meta

@@ -17,7 +17,13 @@ EXPERIMENTS = {
 
 
 def dispatch(cfg: Any) -> Any:
-    name = cfg.experiment
+    """Runs the driver `cfg.experiment` names, after the checks every experiment shares."""
+    from seal_jax.experiments.checks import check_run
+
+    name = cfg.get("experiment")
+    if name is None:
+        raise UserInputError(f"the config has no 'experiment' key: set one of {sorted(EXPERIMENTS)}")
+    check_run(cfg)
     if name not in EXPERIMENTS:
         raise UserInputError(f"unknown experiment {name!r}: expected one of {sorted(EXPERIMENTS)}")
     module, function = EXPERIMENTS[name]

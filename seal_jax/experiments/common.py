@@ -13,9 +13,11 @@ import jax.numpy as jnp
 from absl import logging
 
 from seal_jax import defaults, report, sections
+from seal_jax.domains.knowledge.grading import failed_verdicts
 from seal_jax.domains.prompt_file import PromptSet, load_prompt_file
 from seal_jax.engine import sharding
-from seal_jax.engine.evaluator import EngineConfig, Evaluator
+from seal_jax.engine.checkpoint import Journal
+from seal_jax.engine.evaluator import EngineConfig
 from seal_jax.engine.inner import InnerConfig
 from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.sampling import SamplingConfig
@@ -73,12 +75,11 @@ def check_eval(cfg: Any) -> None:
         require_positive("eval", samples=int(cfg.eval.samples), seeds=int(cfg.eval.seeds))
 
 
-def policy_sampling(model: Runtime, c: Any) -> SamplingConfig:
-    """Self-edit sampling settings (cfg.restem): temperature, top-p, max new tokens, and the model's stop ids."""
+def policy_sampling(tokenizer: Any, c: Any) -> SamplingConfig:
+    """Self-edit sampling settings (cfg.restem): temperature, top-p, max new tokens, and the stop ids of the
+    policy's `tokenizer`."""
     with config_section("restem sampling"):
-        return for_tokenizer(
-            sections.build(RestemConfig(), c, defaults.RESTEM_KEYS).sampling, model.tokenizer
-        )
+        return for_tokenizer(sections.build(RestemConfig(), c, defaults.RESTEM_KEYS).sampling, tokenizer)
 
 
 def mesh(cfg: Any) -> jax.sharding.Mesh:
@@ -98,30 +99,44 @@ def load(cfg: Any, name: str | None = None) -> Runtime:
         raise UserInputError(str(err).splitlines()[0]) from None
 
 
-def make_evaluator(model: Runtime, cfg: Any, max_new: int) -> Evaluator:
-    """The K-adapter evaluator on `model`'s runtime (answers of at most `max_new` tokens, greedy)."""
+def engine_config(cfg: Any, tokenizer: Any, max_new: int) -> EngineConfig:
+    """The K-adapter evaluator's settings (answers of at most `max_new` tokens, greedy, with `tokenizer`'s stop
+    ids); built before the weights load, so a bad value costs no load."""
     with config_section("inner-loop"):
-        engine = sections.build(
+        return sections.build(
             EngineConfig(),
             cfg.inner,
             defaults.ENGINE_KEYS,
             inner=inner_config(cfg.inner, int(cfg.seed)),
-            sampling=sampling_config(model.tokenizer, max_new=max_new),
+            sampling=sampling_config(tokenizer, max_new=max_new),
         )
-    return Evaluator(model, engine)
 
 
-def restem_config(cfg: Any, model: Runtime) -> RestemConfig:
-    """cfg.restem + cfg.sft -> RestemConfig, sampling with `model`'s stop ids."""
+def restem_config(cfg: Any, tokenizer: Any) -> RestemConfig:
+    """cfg.restem + cfg.sft -> RestemConfig, sampling with the policy `tokenizer`'s stop ids."""
     with config_section("restem"):
         return sections.build(
             RestemConfig(),
             cfg.restem,
             defaults.RESTEM_KEYS,
-            sampling=policy_sampling(model, cfg.restem),
+            sampling=policy_sampling(tokenizer, cfg.restem),
             sft=sft_config(cfg.sft),
             seed=int(cfg.seed),
         )
+
+
+def judge_summary(workdir: Path) -> dict[str, int]:
+    """{"judged", "failed"}: answers sent to the LLM judge over every journal of the run, and how many of them
+    got no verdict from it (counted wrong). Read from the journals, so a resumed run counts its earlier work."""
+    records = [
+        record
+        for path in sorted((Path(workdir) / "journal").glob("*.jsonl"))
+        for record in Journal(path.parent, path.stem).records.values()
+    ]
+    judged, failed = failed_verdicts(records)
+    if failed:
+        logging.warning("the judge gave no verdict on %d of %d answers: they count as wrong", failed, judged)
+    return {"judged": judged, "failed": failed}
 
 
 def finish(
@@ -130,14 +145,19 @@ def finish(
     stats: list[dict[str, Any]],
     title: str,
     metrics: Metrics | None = None,
+    judge: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Prints the table; writes results.json and results.png (and the table to `metrics`)."""
+    """Prints the table (with the judge's failed verdicts under it when `judge` is given); writes results.json
+    and results.png (and the table to `metrics`)."""
     table = report.format_table(rows, title)
+    if judge is not None:
+        table += f"\njudge: no verdict on {judge['failed']} of {judge['judged']} answers (counted wrong)"
     print(table)
     payload = {
         "title": title,
         "table": [{"method": m, "accuracy": a, "note": n} for m, a, n in rows],
         "rounds": stats,
+        **({"judge": judge} if judge is not None else {}),
     }
     report.write_json(workdir / "results.json", payload)
     report.plot_results(workdir / "results.png", rows, stats, title)

@@ -18,14 +18,14 @@ from seal_jax.domains.knowledge.domain import KnowledgeDomain
 from seal_jax.domains.knowledge.grading import OfflineGrader, OpenAIJudge
 from seal_jax.domains.prompt_file import PromptSet
 from seal_jax.engine.checkpoint import Journal
-from seal_jax.engine.evaluator import Evaluator
+from seal_jax.engine.evaluator import EngineConfig, Evaluator
 from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.text import format_chat
 from seal_jax.errors import UserInputError, require_positive
-from seal_jax.experiments import common, grid, heldout
+from seal_jax.experiments import checks, common, grid, heldout
 from seal_jax.experiments.workdir import open_workdir
 from seal_jax.metrics import Metrics
-from seal_jax.restem import Item, evaluate_items, run_restem, stable_seed
+from seal_jax.restem import Item, RestemConfig, evaluate_items, run_restem, stable_seed
 
 
 def _pool(source: str, split: str) -> tuple[str, ...]:
@@ -53,24 +53,43 @@ def passages(cfg: Any) -> tuple[list[data.Passage], list[data.Passage]]:
 
 
 def grader(cfg: Any, wording: PromptSet) -> Any:
-    if cfg.eval.grader == "offline":
+    """The offline grader, or the LLM judge with its endpoint, temperature (< 0: the server's default, as the
+    reference runs GPT-4.1) and time bounds from cfg.eval; the judge prompt's wording from `wording`."""
+    e = cfg.eval
+    if e.grader == "offline":
         return OfflineGrader()
-    if cfg.eval.grader == "judge":
+    if e.grader != "judge":
+        raise UserInputError(f"unknown grader {e.grader!r}: expected 'offline' or 'judge'")
+    with common.config_section("judge"):
+        temperature = float(e.judge_temperature)
         return OpenAIJudge(
-            base_url=cfg.eval.judge_base_url,
-            model=cfg.eval.judge_model,
-            api_key_env=cfg.eval.judge_api_key_env,
+            base_url=e.judge_base_url,
+            model=e.judge_model,
+            api_key_env=e.judge_api_key_env,
+            api=e.judge_api,
+            temperature=None if temperature < 0 else temperature,
+            timeout_s=float(e.judge_timeout_s),
+            retries=int(e.judge_retries),
+            backoff_s=float(e.judge_backoff_s),
+            budget_s=float(e.judge_budget_s),
             prompt_template=wording.judge,
         )
-    raise UserInputError(f"unknown grader {cfg.eval.grader!r}: expected 'offline' or 'judge'")
+
+
+def judged(cfg: Any, workdir: Path) -> dict[str, int] | None:
+    """The judge's verdict counts for results.json (None with the offline grader)."""
+    return common.judge_summary(workdir) if cfg.eval.grader == "judge" else None
 
 
 def make_domain(
-    cfg: Any, model: Runtime, train: list, evals: list, writer: Runtime | None = None
+    cfg: Any, tokenizer: Any, train: list, evals: list, writer_tokenizer: Any = None
 ) -> KnowledgeDomain:
-    """The domain for adapted `model`; self-edit prompts in `writer`'s chat template (default: `model`)."""
-    chat = functools.partial(format_chat, model.tokenizer) if cfg.domain.chat else None
-    writer_chat = functools.partial(format_chat, writer.tokenizer) if cfg.domain.chat and writer else None
+    """The knowledge domain over `train` and `evals`, its prompts in the adapted model's `tokenizer`, the
+    self-edit prompts in `writer_tokenizer`'s chat template (teacher-student; default: `tokenizer`'s)."""
+    chat = functools.partial(format_chat, tokenizer) if cfg.domain.chat else None
+    writer_chat = (
+        functools.partial(format_chat, writer_tokenizer) if cfg.domain.chat and writer_tokenizer else None
+    )
     wording = common.prompt_set(cfg)
     with common.config_section("domain"):
         require_positive(
@@ -138,7 +157,7 @@ def evaluate_heldout(
             policy,
             int(cfg.eval.samples),
             seeds,
-            common.policy_sampling(policy, cfg.restem),
+            common.policy_sampling(policy.tokenizer, cfg.restem),
             int(cfg.restem.sample_batch),
             journal,
             cfg.seed,
@@ -150,21 +169,82 @@ def evaluate_heldout(
     }
 
 
+def check_budgets(
+    cfg: Any,
+    spec: checks.ModelSpec,
+    writer: checks.ModelSpec,
+    domain: KnowledgeDomain,
+    engine: EngineConfig,
+    restem_cfg: RestemConfig | None,
+) -> None:
+    """Token budgets, memory and step counts, before any weights load: self-edit prompts (of the writer) and
+    closed-book questions (of the model) fit the context; training sequences longer than `inner.max_length` are
+    logged as truncated; the run's optimizer steps stay under the cap. `restem_cfg` None: no ReST-EM (replay)."""
+    contexts = domain.contexts("train") + domain.contexts("eval")
+    if restem_cfg is not None:
+        checks.check_prompts(
+            "self-edit sampling",
+            writer,
+            [domain.self_edit_prompt(c) for c in contexts],
+            restem_cfg.sampling.max_new,
+            int(cfg.restem.sample_batch),
+            [f"passage {c.id}" for c in contexts],
+        )
+    queries = [(q.prompt, f"passage {c.id}") for c in contexts for q in domain.eval_queries(c)]
+    checks.check_prompts(
+        "closed-book answers",
+        spec,
+        [q for q, _ in queries],
+        domain.eval_max_new_tokens,
+        engine.chunk_k * max(len(c.questions) for c in contexts),
+        [name for _, name in queries],
+    )
+    passages_text = [e.completion for c in contexts for e in domain.passage_only_self_edit(c).examples]
+    checks.warn_truncation("inner loop", spec, passages_text, engine.inner.max_length, "inner.max_length")
+    if restem_cfg is None:
+        return
+    e = cfg.eval
+    per_eval = int(e.seeds) * (1 + 2 * int(e.samples)) + 1  # passage, round-0 and SEAL self-edits, base
+    adaptations = len(domain.contexts("eval")) * per_eval
+    adaptations += (
+        restem_cfg.rounds
+        * restem_cfg.contexts_per_round
+        * restem_cfg.samples_per_context
+        * (restem_cfg.eval_seeds)
+    )
+    checks.check_training(
+        "knowledge",
+        spec.config,
+        engine,
+        restem_cfg,
+        adaptations,
+        domain.max_sequences + 1,
+        domain.hparams.epochs,
+    )
+
+
 def run(cfg: Any) -> dict[str, Any]:
     """ReST-EM on the knowledge domain with the held-out table; writes results.json and results.png."""
-    common.prompt_set(cfg)  # a bad prompt file fails before any work
-    train, evals = passages(cfg)  # bad data and a bad grid fail before the model loads
+    # Everything checkable is checked before the weights load and before the workdir is entered.
+    common.prompt_set(cfg)
+    train, evals = passages(cfg)
     settings = grid.parse(cfg.eval.inner_grid)
+    spec = checks.model_spec(cfg.model)
+    writer_spec = checks.model_spec(cfg.writer_model) if cfg.writer_model else spec
+    domain = make_domain(
+        cfg, spec.tokenizer, train, evals, writer_spec.tokenizer if cfg.writer_model else None
+    )
+    engine = common.engine_config(cfg, spec.tokenizer, domain.eval_max_new_tokens)
+    restem_cfg = common.restem_config(cfg, writer_spec.tokenizer)
+    common.check_eval(cfg)
+    check_budgets(cfg, spec, writer_spec, domain, engine, restem_cfg)
     model = common.load(cfg)
     writer = common.load(cfg, cfg.writer_model) if cfg.writer_model else model
-    domain = make_domain(cfg, model, train, evals, writer)
-    evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
-    restem_cfg = common.restem_config(cfg, writer)
-    common.check_eval(cfg)
+    evaluator = Evaluator(model, engine)
     with (
         open_workdir(cfg) as workdir,
         Metrics(workdir) as metrics,
-    ):  # now: every setting and the data are good
+    ):  # only now: every setting and the data are good
         report.write_file(workdir / "selection_train.json", data.selection_json(train))
         report.write_file(workdir / "selection_eval.json", data.selection_json(evals))
         journal = Journal(workdir / "journal", "heldout")
@@ -192,7 +272,7 @@ def run(cfg: Any) -> dict[str, Any]:
             evaluate_heldout("seal", evaluator, domain, writer, cfg, journal, settings),
         )
         title = f"knowledge: {cfg.model}, {len(evals)} held-out passages"
-        return common.finish(workdir, rows, stats, title, metrics)
+        return common.finish(workdir, rows, stats, title, metrics, judged(cfg, workdir))
 
 
 # Journal prefix of the replay's no-update row (self-edit files are keyed by their own names).
@@ -207,7 +287,6 @@ def replay(cfg: Any) -> dict[str, Any]:
             "(--config.replay.directory=DIR)"
         )
     common.prompt_set(cfg)
-    model = common.load(cfg)
     files = {
         name: Path(cfg.replay.directory) / f"{name}_val.json" for name in common.targets(cfg.replay.names)
     }
@@ -223,8 +302,12 @@ def replay(cfg: Any) -> dict[str, Any]:
     except (ValueError, OSError) as err:
         raise UserInputError(str(err).splitlines()[0]) from None
     evals = pool[: int(cfg.replay.num_passages)]
-    domain = make_domain(cfg, model, [], evals)
-    evaluator = common.make_evaluator(model, cfg, domain.eval_max_new_tokens)
+    spec = checks.model_spec(cfg.model)  # the files and settings are checked before the weights load
+    domain = make_domain(cfg, spec.tokenizer, [], evals)
+    engine = common.engine_config(cfg, spec.tokenizer, domain.eval_max_new_tokens)
+    check_budgets(cfg, spec, spec, domain, engine, None)
+    model = common.load(cfg)
+    evaluator = Evaluator(model, engine)
     with open_workdir(cfg) as workdir:
         journal = Journal(workdir / "journal", "replay")
         records = evaluate_items(
@@ -252,5 +335,9 @@ def replay(cfg: Any) -> dict[str, Any]:
             records = evaluate_items(evaluator, domain, items, journal, f"replay: {name}")
             rows.append((f"{name} self-edits", heldout.accuracy(records, f"{name}/"), Path(files[name]).name))
         return common.finish(
-            workdir, rows, [], f"replay: {cfg.model}, {len(evals)} passages, first completion each"
+            workdir,
+            rows,
+            [],
+            f"replay: {cfg.model}, {len(evals)} passages, first completion each",
+            judge=judged(cfg, workdir),
         )

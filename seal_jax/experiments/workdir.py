@@ -9,6 +9,7 @@ may be local or `gs://...`; an object store has no lock, so there nothing keeps 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 from collections.abc import Iterator
@@ -106,12 +107,32 @@ def _check_devices(workdir: epath.Path, has_work: bool) -> None:
         write_atomically(record, json.dumps(current) + "\n")
 
 
+# A directory that refuses writes or is full: the user's to fix, not a bug.
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def as_user_error(err: BaseException, workdir: epath.Path) -> UserInputError | None:
+    """The one-line error for a failure a run's own settings or its directory caused mid-run: bad input found
+    late, out of device memory, or a directory it cannot write. None for anything else (a bug: its traceback
+    is wanted)."""
+    if isinstance(err, UserInputError):
+        return err
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    if isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in first:
+        return UserInputError(f"out of memory ({first}); lower batch sizes, chunk_k or token budgets")
+    if isinstance(err, OSError) and err.errno in _UNWRITABLE:
+        return UserInputError(f"cannot write in {workdir} ({type(err).__name__}: {first})")
+    return None
+
+
 @contextlib.contextmanager
 def open_workdir(cfg: Any) -> Iterator[epath.Path]:
     """Creates `cfg.workdir`, locks it for the block and records the config. Finished work (journal lines,
     checkpoints) may only be resumed with the config that made it: a different one, or an unreadable or missing
-    `config.json` next to finished work, is a one-line error. Without finished work the new config replaces
-    the old. Every process must enter it; process 0 does the work and every process raises its refusal."""
+    `config.json` next to finished work, is a one-line error, unless that run failed on its own settings
+    (`FAILED`): its work is then moved aside, kept, and the changed config starts anew. Without finished work
+    the new config replaces the old. Every process must enter it; process 0 does the work and every process
+    raises its refusal (and, from the block, a failure of the run's settings as a one-line error)."""
     workdir = epath.Path(cfg.workdir)
     with contextlib.ExitStack() as lock:
 
@@ -123,7 +144,54 @@ def open_workdir(cfg: Any) -> Iterator[epath.Path]:
                 raise _unusable(workdir, err) from None
 
         distributed.on_primary(prepare)
-        yield workdir
+        try:
+            yield workdir
+        except Exception as err:
+            failure = as_user_error(err, workdir)
+            if failure is None:
+                raise
+            if distributed.is_primary():
+                _record_failure(workdir, cfg, failure)
+            if failure is err:
+                raise
+            raise failure from None
+        if distributed.is_primary() and (workdir / FAILED).exists():
+            (
+                workdir / FAILED
+            ).unlink()  # this config finished: an earlier failure no longer explains the work
+
+
+# A run that failed on its own settings: {"error", "config"}. The corrected command may then replace its work.
+FAILED = "failed.json"
+
+
+def _record_failure(workdir: epath.Path, cfg: Any, failure: UserInputError) -> None:
+    try:
+        write_atomically(
+            workdir / FAILED, json.dumps({"error": str(failure), "config": json.loads(cfg.to_json())}) + "\n"
+        )
+    except OSError as err:  # e.g. the directory became read-only: the refusal then stands, explained
+        logging.warning("cannot record the failure in %s (%s)", workdir, err)
+
+
+def _set_aside(workdir: epath.Path, error: str, changed: list[str]) -> None:
+    """Moves a failed run's work into `failed_runs/<n>/` (kept, never deleted) and says so."""
+    n = 1
+    while (workdir / "failed_runs" / str(n)).exists():
+        n += 1
+    target = workdir / "failed_runs" / str(n)
+    target.mkdir(parents=True)
+    for entry in ("journal", "checkpoints", "config.json", FAILED):
+        if (workdir / entry).exists():
+            (workdir / entry).rename(target / entry)
+    logging.warning(
+        "the run in %s failed on its settings (%s); this run changes %s and starts anew; the failed run's work is "
+        "kept in %s",
+        workdir,
+        error,
+        ", ".join(changed[:6]),
+        target,
+    )
 
 
 def _record_config(workdir: epath.Path, cfg: Any) -> None:
@@ -142,7 +210,11 @@ def _record_config(workdir: epath.Path, cfg: Any) -> None:
                 "this config; use a new --config.workdir"
             )
         changed = changed_settings(previous, current)
-        if changed:
+        failed = _read_json(workdir / FAILED) if (workdir / FAILED).exists() else None
+        if changed and failed is not None and failed.get("config") == previous:
+            _set_aside(workdir, str(failed.get("error")), changed)
+            has_work, previous = False, None
+        elif changed:
             shown = ", ".join(changed[:6]) + (", ..." if len(changed) > 6 else "")
             raise UserInputError(
                 f"{workdir} holds work of a run with a different config ({shown}); use a new --config.workdir"

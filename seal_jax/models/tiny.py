@@ -39,6 +39,8 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_model(name: str) -> tuple[ModelConfig, nnx.State, Any]:
     """`tiny-random-{llama,qwen2}[:seed]` -> (config, random f32 base state, byte tokenizer)."""
     arch, _, seed = name.removeprefix("tiny-random-").partition(":")
-    cfg = tiny_config(arch, vocab_size=len(SPECIAL_TOKENS) + 256)
+    # A long context (it sizes nothing): the byte tokenizer makes prompts ~4x longer than a real model's, and the
+    # drivers' up-front checks hold prompts to the context length.
+    cfg = tiny_config(arch, vocab_size=len(SPECIAL_TOKENS) + 256, max_position_embeddings=32768)
     model = Transformer(cfg, rngs=nnx.Rngs(int(seed or 0)))
     return cfg, nnx.split(model, nnx.Param)[1], byte_tokenizer()

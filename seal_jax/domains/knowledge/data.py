@@ -92,10 +92,14 @@ def _read_items(path: Path) -> list[Mapping[str, Any]]:
     return items
 
 
-def _string(item: Mapping[str, Any], field: str) -> str:
+def _string(item: Mapping[str, Any], field: str, may_be_empty: bool = False) -> str:
+    """`item[field]`, a string; empty (or blank) only where `may_be_empty` (a passage or QA without text
+    trains and scores nothing)."""
     value = item[field]
     if not isinstance(value, str):
         raise TypeError(f"{field!r} is {type(value).__name__}, not a string")
+    if not may_be_empty and not value.strip():
+        raise TypeError(f"{field!r} is empty")
     return value
 
 
@@ -107,7 +111,7 @@ def _parse_item(path: Path, i: int, item: Any) -> Passage:
                 "'questions' must be a non-empty list (a passage without questions cannot be scored)"
             )
         qas = [QA(_string(q, "question"), _string(q, "answer")) for q in questions]
-        return make_passage(_string(item, "title"), _string(item, "context"), qas)
+        return make_passage(_string(item, "title", may_be_empty=True), _string(item, "context"), qas)
     except (KeyError, TypeError) as e:
         raise ValueError(
             f"{path}: item {i} is malformed ({type(e).__name__}: {e}); expected {_JSON_SHAPE}"

@@ -2,22 +2,27 @@
 
 `OfflineGrader`: SQuAD normalization, exact match, token F1, gold-token recall and containment, combined by
 a rule calibrated against the reference's GPT-4.1 verdicts (`benchmarks/grader_agreement.py`, numbers in
-`docs/grader.md`). `OpenAIJudge`: the reference's LLM judge over any OpenAI-compatible chat-completions
-endpoint (plain `urllib`), falling back to the offline grader, with the error recorded, when the endpoint
-keeps failing."""
+`docs/grader.md`). `OpenAIJudge`: the reference's LLM judge over the OpenAI Responses API or any
+OpenAI-compatible chat-completions endpoint (plain `urllib`); a verdict it cannot get is counted wrong,
+journaled with its error and logged, within a settable timeout, retry count and total time budget."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
 import json
+import math
 import os
 import re
 import string
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
+
+from absl import logging
+
+from seal_jax.errors import require_positive
 
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -27,8 +32,8 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 class Verdict:
     """Whether an answer is correct, the lexical scores behind it, and who decided.
 
-    `source` is "offline" (the rule), "judge" (the LLM) or "fallback" (the rule, after the judge failed with
-    `error`).
+    `source` is "offline" (the rule), "judge" (the LLM) or "failed" (the judge gave no verdict: counted wrong,
+    with `error`). Journals of older runs may hold "fallback" (the rule decided after the judge failed).
     """
 
     correct: bool
@@ -150,57 +155,136 @@ def parse_yes_no(reply: str) -> bool:
     return bool(_YES.search(reply)) and not _NO.search(reply)
 
 
+class _Clock:
+    """Seconds a judge has lost so far to failed attempts and the waits after them (mutable, shared by the
+    judge's copies)."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+
+
+# The reply parsers of the two endpoint kinds: the Responses API (the reference's) and chat completions.
+def _responses_text(reply: dict) -> str:
+    texts = [
+        part.get("text")
+        for item in reply["output"]
+        if item.get("type") == "message"
+        for part in item["content"]
+        if part.get("type") == "output_text"
+    ]
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"reply has no output text: {str(reply)[:200]}")
+    return "".join(texts)
+
+
+def _chat_text(reply: dict) -> str:
+    content = reply["choices"][0]["message"]["content"]
+    if not isinstance(content, str):
+        raise ValueError(f"reply has no text content: {content!r}")
+    return content
+
+
+JUDGE_APIS = {"responses": ("/responses", _responses_text), "chat": ("/chat/completions", _chat_text)}
+
+
 @dataclasses.dataclass(frozen=True)
 class OpenAIJudge:
-    """LLM judge over an OpenAI-compatible `/chat/completions` endpoint.
+    """LLM judge over an OpenAI-compatible endpoint: the Responses API (`api="responses"`, the reference's) or
+    `/chat/completions` (`api="chat"`, e.g. a local vLLM server).
 
-    Empty predictions are wrong without a call. Each request is tried `1 + retries` times with exponential
-    backoff (waits `backoff_s`, `2 * backoff_s`, ... through the injectable `sleep`); after that the
-    `fallback` grader decides and the verdict says `source="fallback"` with the last error. The API key is
-    read from the environment variable named `api_key_env` at call time (no Authorization header when it is
-    unset, e.g. for a local vLLM server). `temperature=None` leaves it to the server (for models that only
-    accept their default). `prompt_template` replaces the judge prompt's wording (`judge_prompt`)."""
+    One verdict per question: empty predictions are wrong without a call; any other answer gets one request,
+    tried `1 + retries` times, each attempt bounded by `timeout_s`, with exponential backoff between attempts
+    (`backoff_s`, `2 * backoff_s`, ... through the injectable `sleep`). A verdict whose attempts all fail, or
+    that would start after the judge has lost `budget_s` seconds in total to failed attempts and backoff (over
+    the whole run; answered calls cost nothing, so a long healthy run is never cut short), counts as wrong
+    with `source="failed"` and the error, and logs a warning: it is never handed to another grader. The API
+    key is read from the environment variable named `api_key_env` at call time (no Authorization header when
+    it is unset). `temperature=None` sends none: the server's default, as the reference runs GPT-4.1.
+    `prompt_template` replaces the judge prompt's wording (`judge_prompt`)."""
 
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-4.1"
     api_key_env: str = "OPENAI_API_KEY"
-    temperature: float | None = 0.0
-    timeout_s: float = 60.0
+    api: str = "responses"
+    temperature: float | None = None
+    timeout_s: float = 30.0
     retries: int = 3
     backoff_s: float = 1.0
-    fallback: OfflineGrader = OfflineGrader()
+    budget_s: float = 600.0
+    lexical: OfflineGrader = OfflineGrader()  # fills the verdict's lexical scores, never its `correct`
     sleep: Callable[[float], None] = time.sleep
     prompt_template: str | None = None
+    clock: _Clock = dataclasses.field(default_factory=_Clock, compare=False)
 
-    def _request(self, prompt: str) -> str:
-        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}]}
+    def __post_init__(self) -> None:
+        if self.api not in JUDGE_APIS:
+            raise ValueError(f"judge api={self.api!r} must be one of {sorted(JUDGE_APIS)}")
+        require_positive("judge", timeout_s=self.timeout_s, budget_s=self.budget_s)
+        if not (self.retries >= 0 and math.isfinite(self.backoff_s) and self.backoff_s >= 0):
+            raise ValueError(f"judge retries={self.retries} and backoff_s={self.backoff_s} must be >= 0")
+        if self.temperature is not None and not (0 <= self.temperature <= 2):
+            raise ValueError(f"judge temperature={self.temperature} must be in [0, 2]")
+
+    def _request(self, prompt: str, timeout: float) -> str:
+        path, parse = JUDGE_APIS[self.api]
+        body: dict = {"model": self.model}
+        body |= (
+            {"input": prompt}
+            if self.api == "responses"
+            else {"messages": [{"role": "user", "content": prompt}]}
+        )
         if self.temperature is not None:
             body["temperature"] = self.temperature
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(
-            self.base_url.rstrip("/") + "/chat/completions", json.dumps(body).encode(), headers, method="POST"
-        )
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-            content = json.loads(resp.read())["choices"][0]["message"]["content"]
-        if not isinstance(content, str):
-            raise ValueError(f"reply has no text content: {content!r}")
-        return content
+        req = urllib.request.Request(self.base_url.rstrip("/") + path, json.dumps(body).encode(), headers)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return parse(json.loads(resp.read()))
+
+    def _attempt(self, prompt: str) -> str:
+        """One timed request, within what is left of the budget; a failure's time is charged to it."""
+        left = self.budget_s - self.clock.spent
+        start = time.monotonic()
+        try:
+            return self._request(prompt, min(self.timeout_s, left))
+        except BaseException:
+            self.clock.spent += time.monotonic() - start
+            raise
 
     def grade(self, question: str, gold: str, prediction: str) -> Verdict:
-        lexical = self.fallback.grade(question, gold, prediction)
+        lexical = self.lexical.grade(question, gold, prediction)
         if not prediction.strip():
-            return lexical
+            return dataclasses.replace(lexical, correct=False)
         error = ""
         for attempt in range(self.retries + 1):
-            if attempt:
-                self.sleep(self.backoff_s * 2 ** (attempt - 1))
+            wait = self.backoff_s * 2 ** (attempt - 1) if attempt else 0.0
+            if self.clock.spent + wait >= self.budget_s:
+                error = (
+                    f"the judge's time budget of {self.budget_s:g} s is used up ({error or 'no call made'})"
+                )
+                break
+            if wait:
+                self.sleep(wait)
+                self.clock.spent += wait
             try:
-                reply = self._request(judge_prompt(question, gold, prediction, self.prompt_template))
-            except (OSError, ValueError, LookupError, TypeError) as e:
+                reply = self._attempt(judge_prompt(question, gold, prediction, self.prompt_template))
+            except (OSError, ValueError, LookupError, TypeError, AttributeError) as e:
                 error = f"{type(e).__name__}: {e}"
                 continue
             return dataclasses.replace(lexical, correct=parse_yes_no(reply), source="judge")
-        return dataclasses.replace(lexical, source="fallback", error=error)
+        logging.warning("judge verdict failed, counted wrong (%s)", " ".join(error.split())[:300])
+        return dataclasses.replace(lexical, correct=False, source="failed", error=error)
+
+
+def failed_verdicts(records: Iterable[dict]) -> tuple[int, int]:
+    """(judged, failed): how many answers of the journal `records` the judge was asked about (empty answers
+    excepted) and how many of those got no verdict from it."""
+    sources = [
+        v.get("source")
+        for r in records
+        for v in (r.get("details") or {}).get("verdicts", ())
+        if isinstance(v, dict) and v.get("source") in ("judge", "failed", "fallback")
+    ]
+    return len(sources), sum(s != "judge" for s in sources)
