@@ -137,6 +137,19 @@ def knowledge() -> ml_collections.ConfigDict:
     cfg.replay = ml_collections.ConfigDict(
         {"directory": "", "names": "naive,base,iter2,gpt4_1", "num_passages": 200}
     )
+    # The Table 2 command (experiments/table.py): built-in rows among base, passage, self_edits, restem (a ReST-EM
+    # run's self-edits on its checkpoint: restem_workdir after restem_round rounds, 0 = its last), then one row
+    # per self-edit file <directory>/<name>_val.json; percentile bootstrap over passages.
+    cfg.table = ml_collections.ConfigDict(
+        {
+            "rows": "base,passage,self_edits",
+            "files": "",
+            "directory": "",
+            "restem_workdir": "",
+            "restem_round": 0,
+            "bootstrap_samples": 2000,
+        }
+    )
     return cfg
 
 

@@ -15,14 +15,23 @@ from seal_jax.engine.sampling import SamplingConfig
 from seal_jax.restem import Item, evaluate_items, sample_self_edits, stable_seed
 
 
-def accuracy(records: dict[str, dict[str, Any]], prefix: str, per_context: bool = True) -> float:
-    """Mean reward of the records under `prefix`: over contexts of the per-context mean (macro, the knowledge
-    metric) or over all records (the ARC metric: % of (task, self-edit) pairs solved)."""
+def context_means(records: dict[str, dict[str, Any]], prefix: str) -> dict[str, float]:
+    """{context id: mean reward of its records under `prefix`} (over its self-edits and seeds)."""
     groups: dict[str, list[float]] = {}
     for key, rec in records.items():
         if key.startswith(prefix):
-            groups.setdefault(rec["context"] if per_context else key, []).append(rec["reward"])
-    return float(np.mean([np.mean(v) for v in groups.values()])) if groups else float("nan")
+            groups.setdefault(rec["context"], []).append(rec["reward"])
+    return {c: float(np.mean(v)) for c, v in groups.items()}
+
+
+def accuracy(records: dict[str, dict[str, Any]], prefix: str, per_context: bool = True) -> float:
+    """Mean reward of the records under `prefix`: over contexts of the per-context mean (macro, the knowledge
+    metric) or over all records (the ARC metric: % of (task, self-edit) pairs solved)."""
+    if per_context:
+        values = list(context_means(records, prefix).values())
+    else:
+        values = [rec["reward"] for key, rec in records.items() if key.startswith(prefix)]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def evaluate_fixed(
@@ -34,10 +43,12 @@ def evaluate_fixed(
     seeds: int,
     journal: Journal,
     seed: int,
+    text: Callable[[Any], str | None] = lambda c: None,
 ) -> dict[str, dict[str, Any]]:
-    """A method whose self-edit is fixed per context (None = no update, e.g. ICL or the base model)."""
+    """A method whose self-edit is fixed per context (None = no update, e.g. ICL or the base model); `text`
+    gives the self-edit's text for the journal (e.g. a file's completion)."""
     items = [
-        Item(f"{method}/{c.id}/0/{s}", c, None, self_edit(c), stable_seed(seed, method, c.id, s))
+        Item(f"{method}/{c.id}/0/{s}", c, text(c), self_edit(c), stable_seed(seed, method, c.id, s))
         for c in contexts
         for s in range(seeds)
     ]
