@@ -150,6 +150,11 @@ def knowledge() -> ml_collections.ConfigDict:
             "bootstrap_samples": 2000,
         }
     )
+    # Continual self-edits (experiments/continual.py): runs × sequences sequences of `passages` edits each, from
+    # the base model or a ReST-EM run's checkpoint (policy_workdir after policy_round rounds, 0 = its last).
+    cfg.continual = ml_collections.ConfigDict(
+        {"runs": 8, "sequences": 8, "passages": 8, "policy_workdir": "", "policy_round": 0}
+    )
     return cfg
 
 

@@ -13,6 +13,7 @@ EXPERIMENTS = {
     "knowledge": ("knowledge", "run"),
     "knowledge_replay": ("table", "replay"),
     "knowledge_table": ("table", "run"),
+    "knowledge_continual": ("continual", "run"),
     "arc": ("arc", "run"),
 }
 

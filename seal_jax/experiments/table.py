@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
 from seal_jax import report, stats
 from seal_jax.domains.knowledge import data
@@ -77,25 +75,6 @@ def load_files(rows: list[Row]) -> dict[str, dict[str, tuple[str, ...]]]:
         return {r.key: data.load_completions(r.file) for r in rows if r.file is not None}
     except (ValueError, OSError) as err:
         raise UserInputError(str(err).splitlines()[0]) from None
-
-
-def restem_source(cfg: Any) -> tuple[epath.Path, int, Any]:
-    """(workdir, rounds, its M-step config) of the ReST-EM checkpoint the `restem` row adapts onto; the run must
-    be of this model and have finished that many rounds."""
-    workdir = epath.Path(cfg.table.restem_workdir)
-    config_file = workdir / "config.json"
-    if not cfg.table.restem_workdir or not config_file.exists() or not (workdir / "checkpoints").is_dir():
-        raise UserInputError(
-            f"table.restem_workdir={str(workdir)!r} holds no ReST-EM run (config + checkpoints)"
-        )
-    saved = json.loads(config_file.read_text())
-    if saved.get("model") != cfg.model:
-        raise UserInputError(f"{workdir} is a run of {saved.get('model')!r}, not of model {cfg.model!r}")
-    finished = RoundCheckpoints(workdir).latest_round()
-    rounds = int(cfg.table.restem_round) or finished
-    if not 1 <= rounds <= finished:
-        raise UserInputError(f"{workdir} has {finished} finished round(s); table.restem_round={rounds}")
-    return workdir, rounds, common.sft_config(ml_collections.ConfigDict(saved["sft"]))
 
 
 def evaluate_row(
@@ -239,7 +218,7 @@ def evaluate_table(
             if row.key == "restem":
                 source, rounds, sft_cfg = restem
                 logging.info("merging %d round(s) of %s into the weights", rounds, source)
-                restore_policy(model, RoundCheckpoints(source), sft_cfg, rounds)
+                restore_policy(model, RoundCheckpoints(str(source)), sft_cfg, rounds)
             scores[row.key] = evaluate_row(
                 row, evaluator, domain, model, completions.get(row.key), cfg, journal
             )
@@ -261,7 +240,7 @@ def run(cfg: Any) -> dict[str, Any]:
     restem = None
     rows = table_rows(cfg.table)
     if any(r.key == "restem" for r in rows):
-        restem = restem_source(cfg)
+        restem = common.restem_checkpoint(cfg, cfg.table.restem_workdir, int(cfg.table.restem_round))
         rows = table_rows(cfg.table, restem[1])
     _, evals = knowledge.passages(cfg)
     return evaluate_table(cfg, rows, evals, f"knowledge table: {cfg.model}, {len(evals)} passages", restem)
