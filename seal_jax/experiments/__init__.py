@@ -14,6 +14,7 @@ EXPERIMENTS = {
     "knowledge_replay": ("table", "replay"),
     "knowledge_table": ("table", "run"),
     "knowledge_continual": ("continual", "run"),
+    "knowledge_cpt": ("cpt", "run"),
     "arc": ("arc", "run"),
 }
 

@@ -29,6 +29,7 @@ def tiny_config(workdir):
 
 def test_matrix_stats_pool_every_sequence():
     """Two runs of two sequences: the pooled cell is the sample std over all four sequences."""
+
     def seq(a: float, b: float, c: float) -> list[list[float]]:
         return [[a, b], [c], [c, b]]  # before any edit (2 passages), after one edit, after two
 
@@ -80,5 +81,5 @@ def test_continual_end_to_end_and_resume(tmp_path, monkeypatch):
 def test_continual_needs_enough_passages(tmp_path):
     cfg = tiny_config(tmp_path)
     cfg.continual.passages = 5
-    with pytest.raises(UserInputError, match="continual.passages=5"):
+    with pytest.raises(UserInputError, match=r"continual\.passages=5"):
         continual.run(cfg)

@@ -61,7 +61,9 @@ def jaxprs(model, kernels: str):
 def row_sum_dots(jaxpr) -> int:
     """Matrix-vector products [..., n] @ [n, 1]: the custom backwards' row sums (`transformer.row_dot`). The
     differentiated program inlines the backward rules, so they are recognized by these."""
-    return sum(1 for e in eqns(jaxpr) if e.primitive.name == "dot_general" and e.outvars[0].aval.shape[-1] == 1)
+    return sum(
+        1 for e in eqns(jaxpr) if e.primitive.name == "dot_general" and e.outvars[0].aval.shape[-1] == 1
+    )
 
 
 def bitcasts(jaxpr) -> int:
@@ -79,7 +81,9 @@ def test_xla_cpu_kernels_use_the_custom_backwards_and_layer_bits(tiny_bf16):
 def test_plain_kernels_use_neither(tiny_bf16):
     forward, training = jaxprs(tiny_bf16, "plain")
     assert not custom_backwards(forward) & CPU_BACKWARDS
-    assert custom_backwards(forward)  # the walk does see custom VJPs here (the bf16 matmuls' cotangent rounding)
+    assert custom_backwards(
+        forward
+    )  # the walk does see custom VJPs here (the bf16 matmuls' cotangent rounding)
     assert row_sum_dots(training) == 0
     assert bitcasts(training) == 0
 
