@@ -40,6 +40,7 @@ def test_full_finetuning_step_matches_an_independent_adamw_step():
         moments_dtype="float32",
         remat=None,
         eps=1e-4,
+        warmup_ratio=0.0,  # HF's warmup starts at lr 0: with one step and 3% warmup nothing would move
     )
     steps = step_batches(encoded, cfg, seed=0, pad_id=pad_id(runtime.tokenizer), bucket=16)
     assert len(steps) == 1 and steps[0][0].shape == (2, 1, 48)
