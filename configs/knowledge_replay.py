@@ -1,4 +1,6 @@
-"""Replays given self-edit files through the inner loop (the paper's Table 2 layout) for any model.
+"""Replays given self-edit files through the inner loop: the Table 2 command (`configs/knowledge_table.py`) with
+the base row and one row per file, on the first `replay.num_passages` passages of the first file, with 95%
+bootstrap intervals and paired differences.
 
 Default: the reference's Qwen2.5-7B self-edits (naive = passage only, base, iter2 = SEAL, gpt4_1) on their first
 `num_passages` validation passages, the first completion each, with the embedded SmolLM2 as the adapted model:

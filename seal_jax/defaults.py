@@ -152,6 +152,47 @@ def knowledge() -> ml_collections.ConfigDict:
     cfg.replay = ml_collections.ConfigDict(
         {"directory": "", "names": "naive,base,iter2,gpt4_1", "num_passages": 200}
     )
+    # The Table 2 command (experiments/table.py): built-in rows among base, passage, self_edits, restem (a ReST-EM
+    # run's self-edits on its checkpoint: restem_workdir after restem_round rounds, 0 = its last), then one row
+    # per self-edit file <directory>/<name>_val.json; percentile bootstrap over passages.
+    cfg.table = ml_collections.ConfigDict(
+        {
+            "rows": "base,passage,self_edits",
+            "files": "",
+            "directory": "",
+            "restem_workdir": "",
+            "restem_round": 0,
+            "bootstrap_samples": 2000,
+        }
+    )
+    # Continual self-edits (experiments/continual.py): runs × sequences sequences of `passages` edits each, from
+    # the base model or a ReST-EM run's checkpoint (policy_workdir after policy_round rounds, 0 = its last).
+    cfg.continual = ml_collections.ConfigDict(
+        {"runs": 8, "sequences": 8, "passages": 8, "policy_workdir": "", "policy_round": 0}
+    )
+    # Multi-passage continued pretraining (experiments/cpt.py): data.num_eval passages × self_edits each (sampled,
+    # or from self_edit_file), plus each passage, in one adaptation. mode "lora" (the reference's v1: r32 α64,
+    # 3 epochs, lr 1e-3, batch 4 × accumulation 2) or "full" (v2: configs/knowledge_cpt_qwen7b.py); eval_questions:
+    # a seeded subset of that many questions (0: all).
+    cfg.cpt = ml_collections.ConfigDict(
+        {
+            "mode": "lora",
+            "self_edits": 5,
+            "self_edit_file": "",
+            "eval_questions": 0,
+            "split_newlines": False,
+            "learning_rate": 1e-3,
+            "epochs": 3,
+            "batch_size": 4,
+            "grad_accum": 2,
+            "warmup_ratio": 0.0,
+            "lora_rank": 32,
+            "lora_alpha": 64.0,
+            "lora_targets": "q,v",
+            "moments_dtype": "bfloat16",
+            "max_length": 2048,
+        }
+    )
     return cfg
 
 

@@ -41,11 +41,7 @@ def plot_results(
     """Held-out accuracy per method (bars) and the ReST-EM reward per round (lines), one PNG (process 0 only)."""
     if not distributed.is_primary():
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.bar([r[0] for r in rows], [100 * r[1] for r in rows], color="#4c72b0")
     left.set_ylabel("held-out accuracy (%)")
@@ -61,6 +57,63 @@ def plot_results(
     right.set_ylabel("train reward (%)")
     right.set_title("reward per round")
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> None:
+    """Writes a matplotlib figure as PNG (local or `gs://`) and closes it."""
     with epath.Path(path).open("wb") as f:
         fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
+
+
+def plot_intervals(path: str | os.PathLike, table: Sequence[dict[str, Any]], title: str) -> None:
+    """Accuracy per row with its 95% interval (rows with `accuracy` and `ci95` in [0, 1]), process 0 only."""
+    if not distributed.is_primary():
+        return
+    plt = _pyplot()
+    shown = [r for r in table if "ci95" in r]
+    means = [100 * r["accuracy"] for r in shown]
+    errors = [
+        [m - 100 * r["ci95"][0] for m, r in zip(means, shown, strict=True)],
+        [100 * r["ci95"][1] - m for m, r in zip(means, shown, strict=True)],
+    ]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(shown)), 4))
+    ax.bar([r["method"] for r in shown], means, yerr=errors, capsize=5, color="#4c72b0")
+    ax.set_ylabel("accuracy (%), 95% bootstrap CI")
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_matrix(path: str | os.PathLike, mean: Sequence[Sequence[float | None]], title: str) -> None:
+    """A heatmap of a (steps + 1) × passages accuracy matrix (None = not evaluated), process 0 only."""
+    if not distributed.is_primary():
+        return
+    import numpy as np
+
+    plt = _pyplot()
+    values = np.array([[np.nan if v is None else 100 * v for v in row] for row in mean], float)
+    fig, ax = plt.subplots(figsize=(1 + 0.7 * values.shape[1], 1 + 0.6 * values.shape[0]))
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(1.0, float(np.nanmax(values))))
+    for (i, j), v in np.ndenumerate(values):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xlabel("passage (in the order of the edits)")
+    ax.set_ylabel("self-edits applied")
+    ax.set_xticks(range(values.shape[1]))
+    ax.set_yticks(range(values.shape[0]))
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    fig.tight_layout()
+    save_figure(fig, path)

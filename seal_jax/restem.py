@@ -28,6 +28,7 @@ from seal_jax.engine.sampling import SamplingConfig
 from seal_jax.engine.sft import SftConfig, sft
 from seal_jax.errors import UserInputError, require_positive
 from seal_jax.metrics import Metrics, summarise_curves
+from seal_jax.models.lora import LoraConfig
 from seal_jax.models.transformer import init_lora
 
 
@@ -254,12 +255,18 @@ def select(rewards: dict[tuple[str, int], float], cfg: RestemConfig) -> list[tup
 def restore_policy(policy: Runtime, checkpoints: RoundCheckpoints, sft_cfg: SftConfig, rounds: int) -> None:
     """Brings the initial `policy` to its state after `rounds` finished rounds: the saved round adapters are
     merged in order, in place."""
-    template = init_lora(policy.model.config, sft_cfg.lora, jax.random.key(0))
-    for r in range(1, rounds + 1):
+    merge_saved(policy, checkpoints, sft_cfg.lora, rounds)
+
+
+def merge_saved(policy: Runtime, checkpoints: RoundCheckpoints, lora: LoraConfig, steps: int) -> None:
+    """Merges the adapters (of config `lora`) saved as steps 1..`steps` of `checkpoints` into `policy`, in
+    order, in place."""
+    template = init_lora(policy.model.config, lora, jax.random.key(0))
+    for r in range(1, steps + 1):
         state, _ = checkpoints.restore(r)
         adapter = jax.tree.map(lambda x: x, template)
         nnx.replace_by_pure_dict(adapter, state["adapter"])
-        policy.merge(adapter, sft_cfg.lora)
+        policy.merge(adapter, lora)
 
 
 def run_restem(

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
+from flax import nnx
 
 from seal_jax.domains.base import InnerHparams, TrainExample
 from seal_jax.engine import sharding
@@ -54,6 +55,18 @@ class AdaptResult:
     answers: list[str]
     losses: list[float]
     nonfinite: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapted:
+    """One call's trained adapters: `lora` [K, ...] (on the mesh) for `jobs` (padded to K), their step layout,
+    losses [K, S] and non-finite flags [K] (host)."""
+
+    jobs: list[AdaptJob]
+    lora: nnx.State
+    layout: StepLayout
+    losses: np.ndarray
+    nonfinite: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +168,8 @@ class Evaluator:
             streams=[j.order_stream for j in jobs],
         )
 
-    def run_chunk(self, jobs: list[AdaptJob]) -> list[AdaptResult]:
-        """Adapts the jobs of one call (padded to `call_size` with zero-step copies) and answers their queries."""
+    def adapt_chunk(self, jobs: list[AdaptJob]) -> Adapted:
+        """Trains the adapters of one call (the jobs padded to `call_size` with zero-step copies)."""
         k = self.call_size(len(jobs))
         padded = jobs + [dataclasses.replace(jobs[0], examples=(), seed=0)] * (k - len(jobs))
         inner = self.cfg.inner
@@ -169,16 +182,29 @@ class Evaluator:
         else:
             lora, stats = self.runtime.adapt(layout, hparams, lora, inner)
             losses, nonfinite = stats.losses, stats.nonfinite
-        t1 = time.perf_counter()
-        answers = self.runtime.answer(
-            lora, inner.lora, [list(j.queries) for j in padded], [j.seed for j in padded], self.cfg.sampling
-        )
-        self.timings["adapt_s"] += t1 - t0
-        self.timings["generate_s"] += time.perf_counter() - t1
-        self.timings["jobs"] += len(jobs)
+        self.timings["adapt_s"] += time.perf_counter() - t0
         if nonfinite[: len(jobs)].any():
             logging.warning("%d adapter(s) hit a non-finite loss and were frozen", int(nonfinite.sum()))
+        return Adapted(padded, lora, layout, losses, nonfinite)
+
+    def answer_chunk(self, adapted: Adapted, num_jobs: int) -> list[AdaptResult]:
+        """The adapted models' answers to their jobs' queries (the first `num_jobs` jobs' results)."""
+        t0 = time.perf_counter()
+        padded = adapted.jobs
+        answers = self.runtime.answer(
+            adapted.lora,
+            self.cfg.inner.lora,
+            [list(j.queries) for j in padded],
+            [j.seed for j in padded],
+            self.cfg.sampling,
+        )
+        self.timings["generate_s"] += time.perf_counter() - t0
+        self.timings["jobs"] += num_jobs
         return [
-            AdaptResult(answers[i], layout.real_losses(losses, i), bool(nonfinite[i]))
-            for i in range(len(jobs))
+            AdaptResult(answers[i], adapted.layout.real_losses(adapted.losses, i), bool(adapted.nonfinite[i]))
+            for i in range(num_jobs)
         ]
+
+    def run_chunk(self, jobs: list[AdaptJob]) -> list[AdaptResult]:
+        """Adapts the jobs of one call and answers their queries."""
+        return self.answer_chunk(self.adapt_chunk(jobs), len(jobs))

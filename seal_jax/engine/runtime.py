@@ -4,6 +4,7 @@
 - `adapt` + `answer`: K LoRAs trained in parallel over the frozen base, then K adapted models answer their own
   queries (`engine/evaluator.py` plans and scores jobs with them);
 - `sft`: the M-step's one LoRA, data-parallel over its batch rows;
+- `finetune`: full fine-tuning of the base weights (AdamW, moments sharded like the weights; CPT);
 - `merge`: an adapter folded into the base in place (the old base is donated).
 
 Every program is `jax.jit` with explicit in/out shardings (today's pjit); its builder is a module-level function
@@ -24,6 +25,14 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from seal_jax.engine import distributed, sharding
+from seal_jax.engine.finetune import (
+    FinetuneConfig,
+    finetune_program,
+    init_optimizer,
+    optimizer_shardings,
+    rows_spec,
+    schedule,
+)
 from seal_jax.engine.inner import (
     AdapterHparams,
     AdaptStats,
@@ -231,6 +240,38 @@ class Runtime:
         """K fresh LoRAs (A from each seed, B zero) as host arrays [K, ...]."""
         keys = jax.numpy.stack([jax.random.key(s) for s in seeds])
         return jax.tree.map(np.asarray, init_lora_k(self.model.config, lora, keys))
+
+    def finetune(
+        self, steps: Sequence[tuple[np.ndarray, np.ndarray]], cfg: FinetuneConfig
+    ) -> tuple[list[float], int]:
+        """Full fine-tuning of the base weights, in place, over `steps` (`finetune.step_batches`): AdamW with
+        its moments sharded like the weights; returns the loss per step and the number of non-finite steps
+        (skipped: weights unchanged)."""
+        rows = steps[0][0].shape[1]
+        graphdef = self.model.graphdef()
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.base)
+        opt_sh = optimizer_shardings(self.base_shardings, abstract, cfg, self.mesh)
+        init = jax.jit(functools.partial(init_optimizer, cfg=cfg), out_shardings=opt_sh)
+        program = self._program(
+            ("finetune", cfg, rows),
+            lambda: finetune_program(self.mesh, graphdef, cfg, self.base_shardings, opt_sh, rows),
+        )
+        row, rep = rows_spec(self.mesh, rows), replicated(self.mesh)
+        hparams = self.put(schedule(len(steps), cfg), rep)
+        base, opt_state, losses, skipped = self.base, init(self.base), [], 0
+        for i, (tokens, mask) in enumerate(steps):
+            base, opt_state, loss, finite = program(
+                base,
+                opt_state,
+                self.put(tokens, row),
+                self.put(mask, row),
+                self.put(np.int32(i), rep),
+                hparams,
+            )
+            losses.append(float(distributed.to_host(loss)))
+            skipped += not bool(distributed.to_host(finite))
+        self.model = self.model.with_base(base)
+        return losses, skipped
 
     def merge(self, adapter: nnx.State, lora: LoraConfig) -> None:
         """Folds one adapter (no K axis) into the base weights, in place: the old base is donated."""

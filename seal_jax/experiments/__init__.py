@@ -11,7 +11,10 @@ from seal_jax.errors import UserInputError
 EXPERIMENTS = {
     "generate": ("generate", "run"),
     "knowledge": ("knowledge", "run"),
-    "knowledge_replay": ("knowledge", "replay"),
+    "knowledge_replay": ("table", "replay"),
+    "knowledge_table": ("table", "run"),
+    "knowledge_continual": ("continual", "run"),
+    "knowledge_cpt": ("cpt", "run"),
     "arc": ("arc", "run"),
 }
 

@@ -4,19 +4,22 @@ the results they write."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from absl import logging
+from etils import epath
 
 from seal_jax import defaults, report, sections
 from seal_jax.domains.knowledge.grading import failed_verdicts
 from seal_jax.domains.prompt_file import PromptSet, load_prompt_file
 from seal_jax.engine import sharding
-from seal_jax.engine.checkpoint import Journal
+from seal_jax.engine.checkpoint import Journal, RoundCheckpoints
 from seal_jax.engine.evaluator import EngineConfig
 from seal_jax.engine.inner import InnerConfig
 from seal_jax.engine.runtime import Runtime
@@ -137,6 +140,22 @@ def judge_summary(workdir: Path) -> dict[str, int]:
     if failed:
         logging.warning("the judge gave no verdict on %d of %d answers: they count as wrong", failed, judged)
     return {"judged": judged, "failed": failed}
+
+
+def restem_checkpoint(cfg: Any, workdir: str, round_: int) -> tuple[epath.Path, int, SftConfig]:
+    """(workdir, rounds, its M-step config) of a finished ReST-EM run to start a policy from (merged with
+    `restem.restore_policy`): it must be a run of `cfg.model` with at least `round_` finished rounds (0: all)."""
+    path = epath.Path(workdir)
+    if not workdir or not (path / "config.json").exists() or not (path / "checkpoints").is_dir():
+        raise UserInputError(f"{workdir!r} holds no ReST-EM run (config.json + checkpoints)")
+    saved = json.loads((path / "config.json").read_text())
+    if saved.get("model") != cfg.model:
+        raise UserInputError(f"{workdir} is a run of {saved.get('model')!r}, not of model {cfg.model!r}")
+    finished = RoundCheckpoints(path).latest_round()
+    rounds = round_ or finished
+    if not 1 <= rounds <= finished:
+        raise UserInputError(f"{workdir} has {finished} finished round(s), not {rounds}")
+    return path, rounds, sft_config(ml_collections.ConfigDict(saved["sft"]))
 
 
 def finish(

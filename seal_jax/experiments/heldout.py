@@ -16,14 +16,23 @@ from seal_jax.experiments.grid import Setting, method_key, with_settings
 from seal_jax.restem import Item, evaluate_items, sample_self_edits, stable_seed
 
 
-def accuracy(records: dict[str, dict[str, Any]], prefix: str, per_context: bool = True) -> float:
-    """Mean reward of the records under `prefix`: over contexts of the per-context mean (macro, the knowledge
-    metric) or over all records (the ARC metric: % of (task, self-edit) pairs solved)."""
+def context_means(records: dict[str, dict[str, Any]], prefix: str) -> dict[str, float]:
+    """{context id: mean reward of its records under `prefix`} (over its self-edits and seeds)."""
     groups: dict[str, list[float]] = {}
     for key, rec in records.items():
         if key.startswith(prefix):
-            groups.setdefault(rec["context"] if per_context else key, []).append(rec["reward"])
-    return float(np.mean([np.mean(v) for v in groups.values()])) if groups else float("nan")
+            groups.setdefault(rec["context"], []).append(rec["reward"])
+    return {c: float(np.mean(v)) for c, v in groups.items()}
+
+
+def accuracy(records: dict[str, dict[str, Any]], prefix: str, per_context: bool = True) -> float:
+    """Mean reward of the records under `prefix`: over contexts of the per-context mean (macro, the knowledge
+    metric) or over all records (the ARC metric: % of (task, self-edit) pairs solved)."""
+    if per_context:
+        values = list(context_means(records, prefix).values())
+    else:
+        values = [rec["reward"] for key, rec in records.items() if key.startswith(prefix)]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def evaluate_fixed(
@@ -36,14 +45,16 @@ def evaluate_fixed(
     journal: Journal,
     seed: int,
     settings: Sequence[Setting] = (),
+    text: Callable[[Any], str | None] = lambda c: None,
 ) -> dict[str, dict[str, Any]]:
     """A method whose self-edit is fixed per context (None = no update, e.g. ICL or the base model), trained
-    with the run's inner settings and each of `settings` (keys under `grid.method_key`)."""
+    with the run's inner settings and each of `settings` (keys under `grid.method_key`); `text` gives the
+    self-edit's text for the journal (e.g. a file's completion)."""
     items = [
         Item(
             f"{method_key(method, g)}/{c.id}/0/{s}",
             c,
-            None,
+            text(c),
             g.apply(self_edit(c)) if g else self_edit(c),
             stable_seed(seed, method, c.id, s),
             s,

@@ -1,7 +1,7 @@
 """Knowledge incorporation (SQuAD): ReST-EM with held-out baselines, and replay of external self-edits.
 
 `knowledge`: base (no update), passage only, round-0 self-edits, SEAL after R rounds, all on held-out passages.
-`knowledge_replay`: the paper's Table 2 layout for self-edit files in the reference's format (`completions`).
+(The paper's Table 2 layout, and the replay of self-edit files, are `experiments/table.py`.)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from seal_jax.errors import UserInputError, require_positive
 from seal_jax.experiments import checks, common, grid, heldout
 from seal_jax.experiments.workdir import open_workdir
 from seal_jax.metrics import Metrics
-from seal_jax.restem import Item, RestemConfig, evaluate_items, run_restem, stable_seed
+from seal_jax.restem import RestemConfig, run_restem
 
 
 def _pool(source: str, split: str) -> tuple[str, ...]:
@@ -273,71 +273,3 @@ def run(cfg: Any) -> dict[str, Any]:
         )
         title = f"knowledge: {cfg.model}, {len(evals)} held-out passages"
         return common.finish(workdir, rows, stats, title, metrics, judged(cfg, workdir))
-
-
-# Journal prefix of the replay's no-update row (self-edit files are keyed by their own names).
-NO_UPDATE = "no_update"
-
-
-def replay(cfg: Any) -> dict[str, Any]:
-    """Evaluates given self-edit files (reference format) through the inner loop: the paper's Table 2 layout."""
-    if not str(cfg.replay.directory).strip():
-        raise UserInputError(
-            "replay.directory is unset: name the folder of <name>_val.json self-edit files "
-            "(--config.replay.directory=DIR)"
-        )
-    common.prompt_set(cfg)
-    files = {
-        name: Path(cfg.replay.directory) / f"{name}_val.json" for name in common.targets(cfg.replay.names)
-    }
-    if not files:
-        raise UserInputError("replay.names is empty: name at least one self-edit file (e.g. 'base,iter2')")
-    with common.config_section("replay"):
-        require_positive("replay", num_passages=int(cfg.replay.num_passages))
-    if NO_UPDATE in files:
-        raise UserInputError(f"a self-edit file may not be called {NO_UPDATE!r} (the no-update row's name)")
-    try:
-        completions = {name: data.load_completions(path) for name, path in files.items()}
-        pool = data.load_json(next(iter(files.values())))
-    except (ValueError, OSError) as err:
-        raise UserInputError(str(err).splitlines()[0]) from None
-    evals = pool[: int(cfg.replay.num_passages)]
-    spec = checks.model_spec(cfg.model)  # the files and settings are checked before the weights load
-    domain = make_domain(cfg, spec.tokenizer, [], evals)
-    engine = common.engine_config(cfg, spec.tokenizer, domain.eval_max_new_tokens)
-    check_budgets(cfg, spec, spec, domain, engine, None)
-    model = common.load(cfg)
-    evaluator = Evaluator(model, engine)
-    with open_workdir(cfg) as workdir:
-        journal = Journal(workdir / "journal", "replay")
-        records = evaluate_items(
-            evaluator,
-            domain,
-            [Item(f"{NO_UPDATE}/{c.id}", c, None, None, 0) for c in evals],
-            journal,
-            "replay: no update",
-        )
-        rows = [("base (no update)", heldout.accuracy(records, f"{NO_UPDATE}/"), "")]
-        for name, by_id in completions.items():
-            items = [
-                Item(
-                    f"{name}/{c.id}",
-                    c,
-                    by_id[c.id][0],
-                    domain.passage_only_self_edit(c)
-                    if not by_id[c.id][0].strip()
-                    else domain.parse_self_edit(c, by_id[c.id][0]),
-                    stable_seed(cfg.seed, name, c.id),
-                )
-                for c in evals
-                if by_id.get(c.id)
-            ]
-            records = evaluate_items(evaluator, domain, items, journal, f"replay: {name}")
-            rows.append((f"{name} self-edits", heldout.accuracy(records, f"{name}/"), Path(files[name]).name))
-        return common.finish(
-            workdir,
-            rows,
-            [],
-            f"replay: {cfg.model}, {len(evals)} passages, first completion each",
-            judge=judged(cfg, workdir),
-        )
