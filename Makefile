@@ -28,11 +28,12 @@ install: $(STAMP)
 install-bench: $(STAMP)
 	$(PY) -m pip install -q 'torch==2.13.0' 'peft>=0.15' 'accelerate>=1.0'
 
+# The demos are the CPU path: JAX_PLATFORMS=cpu keeps the installed libtpu (aot extra) from probing for a TPU.
 demo: $(STAMP)
-	$(PY) -m seal_jax.main --config configs/knowledge_demo.py --config.workdir=$(WORKDIR)
+	JAX_PLATFORMS=cpu $(PY) -m seal_jax.main --config configs/knowledge_demo.py --config.workdir=$(WORKDIR)
 
 arc-demo: $(STAMP)
-	$(PY) -m seal_jax.main --config configs/arc_demo.py --config.workdir=runs/arc_demo
+	JAX_PLATFORMS=cpu $(PY) -m seal_jax.main --config configs/arc_demo.py --config.workdir=runs/arc_demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile

@@ -57,7 +57,7 @@ def test_a_user_prompt_file_replaces_every_template(tmp_path, monkeypatch):
     assert prompt.startswith(f"<|system|>\nRef system message.{EOS}")
     assert prompt.endswith(f"------\n\n{USER_WORDING['arc_instruction']}{EOS}<|assistant|>\n")
     sent = []
-    monkeypatch.setattr(OpenAIJudge, "_request", lambda self, p: sent.append(p) or "yes")
+    monkeypatch.setattr(OpenAIJudge, "_request", lambda self, p, *rest: sent.append(p) or "yes")
     cfg = config_with(tmp_path, USER_WORDING)
     cfg.eval.grader = "judge"
     assert knowledge.grader(cfg, wording).grade("Q1", "gold", " an answer ").correct

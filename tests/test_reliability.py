@@ -432,6 +432,6 @@ def test_failed_judge_verdicts_are_counted_in_results_json_and_the_table(tmp_pat
     )
     judge = common.judge_summary(tmp_path)
     assert judge == {"judged": 4, "failed": 2} and "no verdict on 2 of 4" in caplog.text
-    common.finish(tmp_path, [("base", 0.5, "")], [], "t", judge)
+    common.finish(tmp_path, [("base", 0.5, "")], [], "t", judge=judge)
     assert json.loads((tmp_path / "results.json").read_text())["judge"] == {"judged": 4, "failed": 2}
     assert "judge: no verdict on 2 of 4 answers (counted wrong)" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Representative token shapes of one ReST-EM round, per program, from the paper's facts (SEAL_REFERENCE.md).
+"""Representative token shapes of one ReST-EM round, per program, from the paper's facts (docs/reference.md#compute).
 
 The compiled shapes (prompt widths, step counts, sequence lengths, `max_new`) set each program's memory; the
 `*_decode` fields are the decode steps a call actually runs (the loop stops when every row is done), which set the

@@ -201,7 +201,7 @@ def _evaluate(
             batch,
             journal,
             cfg.seed,
-            attempts,
+            attempts=attempts,
         )
         if cfg.eval.render:
             render(workdir, domain, records, method)

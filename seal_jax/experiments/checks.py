@@ -91,7 +91,7 @@ def model_spec(name: str) -> ModelSpec:
 
 def available_bytes() -> int:
     """Memory one device can hold: the accelerator's limit, or the host's RAM for CPU devices."""
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     if stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -66,7 +66,9 @@ def sharded_from_checkpoint(source: CheckpointSource, dtype: Any, mesh: Mesh) ->
                 last[key] = source.read(name, index, np.dtype(dtype))
             return last[key]
 
-        return jax.make_array_from_callback(leaf.shape, placement, block)
+        # Waiting for each leaf's transfers bounds the host blocks alive at once to one leaf's: device copies
+        # run asynchronously, and on a busy host they lagged far enough to hold most of the model twice.
+        return jax.make_array_from_callback(leaf.shape, placement, block).block_until_ready()
 
     return jax.tree_util.tree_map_with_path(fill, abstract, shardings)
 
