@@ -111,6 +111,9 @@ LOAD = textwrap.dedent("""
 """)
 
 
+# Peak RSS is a whole-process figure: beside another test worker it read 1.87-1.97x (alone: 1.18x), so this test
+# runs alone: `.ci/run` calls it on its own after `make test`, whose parallel workers skip it.
+@pytest.mark.skipif(bool(os.environ.get("PYTEST_XDIST_WORKER")), reason="measures peak RSS: run it alone")
 @pytest.mark.slow
 def test_a_1b_checkpoint_loads_shard_by_shard_within_1_3x_its_size(tmp_path):
     size = write_random_checkpoint(tmp_path / "ckpt", CONFIG)
