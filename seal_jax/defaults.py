@@ -218,7 +218,10 @@ def arc() -> ml_collections.ConfigDict:
     # lenient_json: accept quoted booleans/numbers in self-edit plans (small models write "true"); off = the
     # strict schema of the issue
     # per_test_input: a task's reward is the share of its test inputs solved (the reference's sub-tasks); off:
-    # 1 iff all are. ARC TTT's loss on pads (the reference's, padding to the adapter's longest text):
+    # 1 iff all are.
+    # constrained: sample self-edits only from the plan grammar (each reply a valid JSON plan); off: free text,
+    # parsed afterwards, as the reference did.
+    # ARC TTT's loss on pads (the reference's, padding to the adapter's longest text):
     # --config.inner.pad_in_loss=True.
     cfg.domain = ml_collections.ConfigDict(
         {
@@ -226,6 +229,7 @@ def arc() -> ml_collections.ConfigDict:
             "max_tokens": 8192,
             "lenient_json": False,
             "per_test_input": False,
+            "constrained": False,
             "prompt_file": "",
         }
     )

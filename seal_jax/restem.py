@@ -140,7 +140,8 @@ def _sample_valid(
     """One self-edit per context, the unparseable ones resampled (attempt a > 0 seeded by `seed_parts` + a);
     returns the texts and, per context, the reasons its rejected samples were invalid."""
     prompts = [domain.self_edit_prompt(c) for c in contexts]
-    texts = policy.sample(prompts, sampling, stable_seed(*seed_parts))
+    grammar = domain.self_edit_grammar
+    texts = policy.sample(prompts, sampling, stable_seed(*seed_parts), grammar)
     rejected: list[list[str]] = [[] for _ in contexts]
     for attempt in range(1, attempts):
         invalid = {j: domain.parse_self_edit(c, texts[j]) for j, c in enumerate(contexts)}
@@ -149,7 +150,9 @@ def _sample_valid(
             break
         for j in redo:
             rejected[j].append(invalid[j].reason)
-        fresh = policy.sample([prompts[j] for j in redo], sampling, stable_seed(*seed_parts, attempt))
+        fresh = policy.sample(
+            [prompts[j] for j in redo], sampling, stable_seed(*seed_parts, attempt), grammar
+        )
         for j, text in zip(redo, fresh, strict=True):
             texts[j] = text
     return texts, rejected

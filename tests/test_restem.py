@@ -326,7 +326,7 @@ def test_resume_of_a_partly_journaled_chunk_repeats_no_key(tmp_path):
 def test_resume_of_a_partly_journaled_sample_batch_repeats_no_key(tmp_path, monkeypatch, tiny_runtime):
     calls = []
 
-    def fake_sample(self, prompts, cfg, seed):
+    def fake_sample(self, prompts, cfg, seed, grammar=None):
         calls.append(len(prompts))
         return [f"self-edit {seed} {i}" for i in range(len(prompts))]
 
@@ -401,7 +401,7 @@ class ScriptedPolicy:
     def __init__(self, replies):
         self.replies, self.seeds = list(replies), []
 
-    def sample(self, prompts, cfg, seed):
+    def sample(self, prompts, cfg, seed, grammar=None):
         self.seeds.append(seed)
         return [self.replies.pop(0) for _ in prompts]
 

@@ -39,14 +39,16 @@ class Topology:
     topology_name: str
     chip_config_name: str
     chips_per_host_bounds: tuple[int, int, int]
+    devices: int = 0  # compile for the first `devices` chips of the topology (0: all of them)
 
 
 # Host bounds as the slices ship: v5e-8 / v6e-8 are one host of 8 chips, larger v5e slices have 4 chips per host,
-# v4-8 / v5p-8 are one host of 4 (megacore) chips. A single chip needs explicit bounds (no "v5e:1x1" default).
+# v4-8 / v5p-8 are one host of 4 (megacore) chips. A single chip is one device of a v5e:2x2: libtpu's compiler
+# crashes (SIGSEGV) on a "v5e:1x1" topology with 1x1x1 host bounds, and a one-device program has no collectives.
 TOPOLOGIES = {
     t.name: t
     for t in (
-        Topology("v5e-1", "v5e", "v5e:1x1", "default", (1, 1, 1)),
+        Topology("v5e-1", "v5e", "v5e:2x2", "default", (2, 2, 1), devices=1),
         Topology("v5e-4", "v5e", "v5e:2x2", "default", (2, 2, 1)),
         Topology("v5e-8", "v5e", "v5e:2x4", "default", (2, 4, 1)),
         Topology("v5e-32", "v5e", "v5e:4x8", "default", (2, 2, 1)),
@@ -64,15 +66,14 @@ def topology_devices(name: str) -> list:
     t = TOPOLOGIES.get(name)
     if t is None:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
-    return list(
-        topologies.get_topology_desc(
-            platform="tpu",
-            topology_name=t.topology_name,
-            chip_config_name=t.chip_config_name,
-            chips_per_host_bounds=t.chips_per_host_bounds,
-            wrap=(False, False, False),
-        ).devices
-    )
+    devices = topologies.get_topology_desc(
+        platform="tpu",
+        topology_name=t.topology_name,
+        chip_config_name=t.chip_config_name,
+        chips_per_host_bounds=t.chips_per_host_bounds,
+        wrap=(False, False, False),
+    ).devices
+    return list(devices[: t.devices or None])
 
 
 def chip_of(name: str) -> Chip:

@@ -131,7 +131,9 @@ def compile_sample(s: Setting) -> Compiled:
     row = runtime.rows_sharding(s.mesh, rows)
     program = runtime.sample_program(s.mesh, graphdef_for(s.model, None, KERNELS), s.sample, base_sh, rows)
     rep = runtime.replicated(s.mesh)
-    return _compile("sample", program, base, _int((rows, width), row), _int((rows,), row), _key((), rep))
+    return _compile(
+        "sample", program, base, _int((rows, width), row), _int((rows,), row), _key((), rep), None
+    )
 
 
 def _batches(k: int, steps: int, rows: int, length: int, placement: Any) -> StepBatches:

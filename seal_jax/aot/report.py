@@ -173,7 +173,7 @@ def run(
     for build in (compile_sample, compile_sft, compile_merge):
         t = time.time()
         fixed.append(build(s))
-        log(f"compiled {fixed[-1].name} ({time.time() - t:.0f} s)")
+        log(f"compiled {fixed[-1].name}: peak {fixed[-1].peak / GIB:.2f} GiB ({time.time() - t:.0f} s)")
 
     def at(k: int) -> list[Compiled]:
         return [compile_adapt(s, k), compile_answer(s, k)]

@@ -9,6 +9,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+# A reply language: segments of alternative strings; its strings are every concatenation of one alternative per
+# segment (a literal is a one-string segment). `engine/constrained.py` compiles it for a vocabulary.
+Grammar = tuple[tuple[str, ...], ...]
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainExample:
@@ -76,6 +80,7 @@ class Domain(Protocol):
 
     name: str
     eval_max_new_tokens: int
+    self_edit_grammar: Grammar | None  # set: self-edits are sampled only from this language (constrained)
 
     def contexts(self, split: str) -> list[Any]:
         """The contexts of `split` ("train" or "eval"), in a deterministic (seeded) order."""

@@ -24,7 +24,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from seal_jax.domains.base import Grammar
 from seal_jax.engine import distributed, sharding
+from seal_jax.engine.constrained import TokenConstraint, compile_grammar, token_texts
 from seal_jax.engine.finetune import (
     FinetuneConfig,
     finetune_program,
@@ -74,12 +76,15 @@ def rows_batches_sharding(mesh: Mesh, rows: int) -> StepBatches:
 def sample_program(
     mesh: Mesh, graphdef: nnx.GraphDef, cfg: SamplingConfig, base_sh: Any, rows: int
 ) -> Callable:
-    """`(base, prompts [B, P], lens [B], key) -> (tokens [B, max_new], lengths [B])`, rows on `data`."""
+    """`(base, prompts [B, P], lens [B], key, constraint) -> (tokens [B, max_new], lengths [B])`, rows on
+    `data`; `constraint` (a replicated `TokenConstraint`, or None) restricts the replies to a grammar."""
     row = rows_sharding(mesh, rows)
     fn = functools.partial(generate, graphdef=graphdef, cfg=cfg)
     return jax.jit(
-        lambda base, prompts, lens, key: fn(base, None, prompts, lens, key),
-        in_shardings=(base_sh, row, row, replicated(mesh)),
+        lambda base, prompts, lens, key, constraint: fn(
+            base, None, prompts, lens, key, constraint=constraint
+        ),
+        in_shardings=(base_sh, row, row, replicated(mesh), replicated(mesh)),
         out_shardings=row,
     )
 
@@ -131,6 +136,7 @@ class Runtime:
         self.mesh = mesh
         self.base_shardings = sharding.base_shardings(mesh, model.base)
         self._programs: dict[tuple, Callable] = {}
+        self._constraints: dict[tuple[Grammar, tuple[int, ...]], TokenConstraint] = {}
 
     @property
     def base(self) -> nnx.State:
@@ -153,8 +159,19 @@ class Runtime:
 
     # ------------------------------------------------------------------------------------------------ phases
 
-    def sample(self, prompts: Sequence[str], cfg: SamplingConfig, seed: int) -> list[str]:
-        """The model's continuations of `prompts` (one batch; a row's randomness depends on the batch)."""
+    def constraint(self, grammar: Grammar, eos_ids: tuple[int, ...]) -> TokenConstraint:
+        """`grammar` compiled for this model's vocabulary (once), replicated over the mesh."""
+        if (grammar, eos_ids) not in self._constraints:
+            compiled = compile_grammar(grammar, token_texts(self.tokenizer), eos_ids)
+            self._constraints[grammar, eos_ids] = self.put(compiled, replicated(self.mesh))
+        return self._constraints[grammar, eos_ids]
+
+    def sample(
+        self, prompts: Sequence[str], cfg: SamplingConfig, seed: int, grammar: Grammar | None = None
+    ) -> list[str]:
+        """The model's continuations of `prompts` (one batch; a row's randomness depends on the batch); with
+        `grammar`, each is a string of its language (or its prefix, if `cfg.max_new` cuts it)."""
+        constraint = None if grammar is None else self.constraint(grammar, cfg.eos_ids)
         tokens, lens = pad_prompts(encode_prompts(self.tokenizer, prompts), cfg)
         rows = len(prompts)
         program = self._program(
@@ -168,6 +185,7 @@ class Runtime:
             self.put(tokens, row),
             self.put(lens, row),
             jax.random.wrap_key_data(self.put(np.asarray(key), replicated(self.mesh))),
+            constraint,
         )
         return decode_outputs(self.tokenizer, distributed.to_host(out), distributed.to_host(n), cfg.eos_ids)
 

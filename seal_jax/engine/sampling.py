@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from seal_jax.engine.constrained import TokenConstraint
 from seal_jax.errors import require_positive
 from seal_jax.models.transformer import KVCache, merge_model, weight_dot
 
@@ -89,8 +90,9 @@ def generate(
     graphdef: nnx.GraphDef,
     cfg: SamplingConfig,
     axis_name: str | None = None,
+    constraint: TokenConstraint | None = None,
 ) -> tuple[Array, Array]:
-    """Decodes continuations of right-padded prompts.
+    """Decodes continuations of right-padded prompts (with `constraint`, only replies its grammar allows).
 
     prompts: int32 [B, P]; prompt_lens: int32 [B] (>= 1) -> (tokens int32 [B, max_new] padded with pad_id after
     EOS, lengths int32 [B] = generated tokens up to and including EOS).
@@ -111,8 +113,15 @@ def generate(
     layers = model.layer_slices()  # sliced once: loop invariants of the decode loop
     hidden, cache = model(left_padded, positions, cache, write_at=0, layers=layers)
     head = model.head()
+
+    def pick(logits: Array, key: Array, state: Array) -> tuple[Array, Array]:
+        """logits [B, V], grammar states [B] -> (tokens [B], next states [B])."""
+        if constraint is None:
+            return sample_token(logits, key, cfg), state
+        return constraint.advance(sample_token(constraint.step(logits, state), key, cfg), state)
+
     key, sub = jax.random.split(key)
-    first = sample_token(weight_dot(hidden[:, -1], head), sub, cfg)
+    first, state = pick(weight_dot(hidden[:, -1], head), sub, jnp.zeros((b,), jnp.int32))
 
     def all_done(done: Array) -> Array:
         every = jnp.all(done)
@@ -120,23 +129,23 @@ def generate(
             return every
         return jax.lax.pmin(every.astype(jnp.int32), axis_name).astype(bool)
 
-    def cond(state: tuple) -> Array:
-        step, _, _, done, _, _ = state
+    def cond(carry: tuple) -> Array:
+        step, _, _, _, done, _, _ = carry
         return (step < cfg.max_new) & ~all_done(done)
 
-    def body(state: tuple) -> tuple:
-        step, cache, token, done, out, key = state
+    def body(carry: tuple) -> tuple:
+        step, cache, token, state, done, out, key = carry
         out = out.at[:, step].set(jnp.where(done, cfg.pad_id, token))
         done = done | jnp.isin(token, eos)
         pos = (prompt_lens + step)[:, None]
         hidden, cache = model(token[:, None], pos, cache, write_at=p + step, layers=layers)
         key, sub = jax.random.split(key)
-        token = sample_token(weight_dot(hidden[:, 0], head), sub, cfg)
-        return step + 1, cache, token, done, out, key
+        token, state = pick(weight_dot(hidden[:, 0], head), sub, state)
+        return step + 1, cache, token, state, done, out, key
 
     out = jnp.full((b, cfg.max_new), cfg.pad_id, jnp.int32)
-    init = (jnp.zeros((), jnp.int32), cache, first, jnp.zeros((b,), bool), out, key)
-    _, _, _, _, out, _ = jax.lax.while_loop(cond, body, init)
+    init = (jnp.zeros((), jnp.int32), cache, first, state, jnp.zeros((b,), bool), out, key)
+    out = jax.lax.while_loop(cond, body, init)[5]
     is_eos = jnp.isin(out, eos)
     first_eos = jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1) + 1, cfg.max_new)
     return out, first_eos.astype(jnp.int32)

@@ -85,6 +85,7 @@ def make_domain(cfg: Any, tok: Any, splits: dict[str, list[ArcTask]], writer_tok
         ttt_cap=int(cfg.domain.ttt_cap),
         lenient_json=bool(cfg.domain.lenient_json),
         per_test_input=bool(cfg.domain.per_test_input),
+        constrained=bool(cfg.domain.constrained),
         writer_chat=functools.partial(format_chat, writer_tok) if writer_tok is not None else None,
         wording=common.prompt_set(cfg),
     )

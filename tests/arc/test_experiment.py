@@ -59,6 +59,23 @@ def test_tiny_arc_end_to_end(tmp_path):
     assert list((tmp_path / "run" / "pictures").glob("oracle_*.png"))
 
 
+def test_constrained_self_edits_all_parse_at_the_first_draw(tmp_path):
+    """The same random model, sampling from the plan grammar: every self-edit is a valid plan that trains."""
+    cfg = tiny_arc_config(tmp_path / "run")
+    cfg.domain.constrained = True
+    cfg.restem.max_self_edit_tokens = 320  # a plan is about 250 bytes: one token each in the tiny tokenizer
+    cfg.eval.baselines = False
+    cfg.restem.samples_per_context = 1
+    payload = arc.run(cfg)
+    assert payload["rounds"][0]["sample_attempts"] == 2 and payload["rounds"][0]["invalid_rate"] == 0.0
+    journal = [
+        json.loads(line) for line in (tmp_path / "run" / "journal" / "round_0.jsonl").read_text().splitlines()
+    ]
+    evaluations = [r for r in journal if "/eval/" in r["key"]]
+    assert len(evaluations) == 2 and not any(r.get("invalid") for r in evaluations)
+    assert all(r["n_sequences"] > 0 for r in evaluations)
+
+
 def test_kaggle_tasks_without_test_outputs_are_refused_before_any_work(tmp_path):
     task = {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3]]}]}
     (tmp_path / "challenges.json").write_text(json.dumps({"t1": task}))

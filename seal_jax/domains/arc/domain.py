@@ -13,6 +13,7 @@ from seal_jax.domains.arc.grids import MAX_SIDE, ArcTask, FormatChat, answer_tex
 from seal_jax.domains.arc.self_edit import (
     INSTRUCTION,
     ORACLE_PLAN,
+    PLAN_GRAMMAR,
     SYSTEM_MESSAGE,
     SelfEditPlan,
     check_step_cap,
@@ -54,6 +55,8 @@ class ArcDomain:
       lenient_json: accept quoted booleans/numbers in self-edit plans (`parse_self_edit_json`); default strict.
       per_test_input: reward = the share of test inputs solved (the reference scored each test input of a task
         as its own sub-task); default: 1.0 iff every test input is solved (pass@2 of the whole task).
+      constrained: self-edits are sampled from `PLAN_GRAMMAR` only (every reply a valid plan, up to the step
+        cap); default: free text, parsed afterwards (the reference's).
     """
 
     name = "arc"
@@ -73,6 +76,7 @@ class ArcDomain:
         per_test_input: bool = False,
         writer_chat: FormatChat | None = None,
         wording: PromptSet = DEFAULT_WORDING,
+        constrained: bool = False,
     ) -> None:
         self.tasks = {split: tuple(ts) for split, ts in tasks.items()}
         self.format_chat = format_chat
@@ -85,6 +89,7 @@ class ArcDomain:
         self.ttt_cap = ttt_cap
         self.lenient_json = lenient_json
         self.per_test_input = per_test_input
+        self.self_edit_grammar = PLAN_GRAMMAR if constrained else None
         self._fits = None if count_tokens is None else (lambda text: count_tokens(text) < max_tokens)
         self._ttt_cache: dict[tuple[bytes, AugmentGroups], tuple[TrainExample, ...]] = {}
         self._query_cache: dict[bytes, tuple[Query, ...]] = {}

@@ -9,7 +9,7 @@ import re
 
 from seal_jax.domains.arc.augment import AugmentGroups
 from seal_jax.domains.arc.grids import ArcTask, Grid, Messages
-from seal_jax.domains.base import Invalid
+from seal_jax.domains.base import Grammar, Invalid
 
 LEARNING_RATE_MAX = 1e-2  # learning_rate must lie in (0, LEARNING_RATE_MAX]
 EPOCHS_MIN, EPOCHS_MAX = 1, 20
@@ -24,6 +24,34 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "data_generation": dict.fromkeys(AUGMENTATION_KEYS, bool),
     "training": {"strategy": str, "learning_rate": (int, float), "num_train_epochs": int},
 }
+
+
+def _plan_grammar() -> Grammar:
+    """The replies constrained decoding allows: one JSON object of `SCHEMA` on one line, keys in order, every
+    value in range (learning rates from a grid of 1 to 2 significant digits over [1e-6, 1e-2]; epochs
+    EPOCHS_MIN..EPOCHS_MAX). Each of its strings parses to a plan (`parse_self_edit_json`)."""
+    rates = [f"{m}e-{e}" for m in range(1, 10) for e in range(3, 7)] + ["1e-2", "0.01"]
+    rates += [f"0.{'0' * z}{d}" for z in range(2, 6) for d in range(1, 10)]
+    rates += [f"{m}.5e-{e}" for m in range(1, 10) for e in range(3, 7)]
+    bools = ("true", "false")
+    segments: list[tuple[str, ...]] = [('{"data_generation": {',)]
+    for n, key in enumerate(AUGMENTATION_KEYS):
+        segments += [(f'{", " if n else ""}"{key}": ',), bools]
+    segments += [
+        ('}, "training": {"strategy": "',),
+        tuple(STRATEGIES),
+        ('", "learning_rate": ',),
+        tuple(rates),
+    ]
+    segments += [
+        (', "num_train_epochs": ',),
+        tuple(str(e) for e in range(EPOCHS_MIN, EPOCHS_MAX + 1)),
+        ("}}",),
+    ]
+    return tuple(segments)
+
+
+PLAN_GRAMMAR = _plan_grammar()
 
 SYSTEM_MESSAGE = (
     "You are a helpful assistant. Give the requested output directly, with nothing before or after it."

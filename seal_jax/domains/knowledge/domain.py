@@ -42,6 +42,7 @@ class KnowledgeDomain:
     wording: PromptSet = PromptSet()
     name: str = "knowledge"
     eval_max_new_tokens: int = 64
+    self_edit_grammar: None = None  # free text
 
     def __post_init__(self) -> None:
         prompts.template(self.prompt)  # an unknown prompt name fails here, not mid-run
