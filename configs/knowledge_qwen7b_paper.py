@@ -8,18 +8,13 @@ The padding costs ~20x the tokens of the default loop; what it changes on the em
 For the reference's prompt wording add `--config.domain.prompt_file=<json>` (domains/prompt_file.py).
 """
 
-import importlib.util
 from pathlib import Path
+
+from seal_jax import sweep
 
 
 def get_config():
-    # configs are loaded by path, not as a package: build on the sibling file
-    spec = importlib.util.spec_from_file_location(
-        "knowledge_qwen7b", Path(__file__).with_name("knowledge_qwen7b.py")
-    )
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    cfg = base.get_config()
+    cfg = sweep.config_from(Path(__file__).with_name("knowledge_qwen7b.py"))
     cfg.workdir = "runs/knowledge_qwen7b_paper"
     cfg.eval.grader = "judge"
     cfg.inner.pad_to = 2048

@@ -9,22 +9,15 @@ On SQuAD: --config.data.eval_source=hf --config.data.num_eval=200 (or a referenc
 Writes results.md, results.json and results.png in the workdir; rerunning resumes from the journal.
 """
 
-from seal_jax import defaults
+from pathlib import Path
+
+from seal_jax import sweep
 
 
 def get_config():
-    cfg = defaults.knowledge()
+    # the demo's model, passages and inner loop (configs/knowledge_demo.py), evaluated row by row
+    cfg = sweep.config_from(Path(__file__).with_name("knowledge_demo.py"))
     cfg.experiment = "knowledge_table"
     cfg.workdir = "runs/knowledge_table"
-    cfg.data.train_source = cfg.data.eval_source = "demo"
-    cfg.data.num_eval = 6
-    cfg.data.num_train = 6
-    cfg.domain.chat = True  # the embedded default is an instruct model
-    # As configs/knowledge_demo.py: LoRA on every projection, 3 epochs at 3e-3 (SmolLM2 recalls nothing with q,v).
-    cfg.inner.lora_targets = "q,k,v,o,gate,up,down"
-    cfg.inner.epochs = 3
-    cfg.inner.learning_rate = 3e-3
-    cfg.inner.chunk_k = 9
-    cfg.restem.max_self_edit_tokens = 160
     cfg.restem.sample_batch = 6
     return cfg

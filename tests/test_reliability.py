@@ -362,19 +362,6 @@ def cli(cfg, key: str | None = None, value=None) -> int:
     return 0
 
 
-@pytest.fixture
-def compilation_cache(tmp_path_factory):
-    """The persistent compilation cache `main` uses, so the property test's runs after the first compile little."""
-    import jax
-
-    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", before[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
-
-
 def test_any_single_override_is_refused_in_one_line_or_passes_every_check(tmp_path, monkeypatch, no_weights):
     """The cheap half of the property, over many more overrides: up to the weights' load (which ends the run)."""
     from hypothesis import HealthCheck, given, settings
@@ -397,9 +384,7 @@ def test_any_single_override_is_refused_in_one_line_or_passes_every_check(tmp_pa
     check()
 
 
-def test_any_single_override_runs_cleanly_or_is_one_line_and_the_fix_then_works(
-    tmp_path, monkeypatch, compilation_cache
-):
+def test_any_single_override_runs_cleanly_or_is_one_line_and_the_fix_then_works(tmp_path, monkeypatch):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 

@@ -20,6 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from seal_jax.aot import report
+from seal_jax.aot.chips import CHIPS
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _TOPOLOGY = flags.DEFINE_string(
@@ -33,8 +34,8 @@ _SEARCH = flags.DEFINE_bool(
 )
 _HEADROOM = flags.DEFINE_float("headroom", 0.10, "HBM fraction left free for `fits` and the chunk_k search.")
 _JSON = flags.DEFINE_string("json", "", "Also write the per-program figures (bytes per device) to this file.")
-_CHIP = flags.DEFINE_string(
-    "analytic_chip", "", "No compile: analytic times only, on this chip (chips.CHIPS)."
+_CHIP = flags.DEFINE_enum(
+    "analytic_chip", "", ["", *CHIPS], "No compile: analytic times only, on this chip (e.g. a GPU)."
 )
 _CHIPS = flags.DEFINE_integer("analytic_chips", 1, "Chips for --analytic_chip.")
 

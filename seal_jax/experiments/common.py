@@ -20,13 +20,15 @@ from seal_jax.domains.knowledge.grading import failed_verdicts
 from seal_jax.domains.prompt_file import PromptSet, load_prompt_file
 from seal_jax.engine import sharding
 from seal_jax.engine.checkpoint import Journal, RoundCheckpoints
-from seal_jax.engine.evaluator import EngineConfig
+from seal_jax.engine.evaluator import EngineConfig, Evaluator
 from seal_jax.engine.inner import InnerConfig
 from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.sampling import SamplingConfig
 from seal_jax.engine.sft import SftConfig
 from seal_jax.engine.text import for_tokenizer, sampling_config
 from seal_jax.errors import UserInputError, require_positive
+from seal_jax.experiments import checks
+from seal_jax.experiments.checks import ModelSpec
 from seal_jax.metrics import Metrics
 from seal_jax.models.bundle import load_model
 from seal_jax.restem import RestemConfig
@@ -100,6 +102,19 @@ def load(cfg: Any, name: str | None = None) -> Runtime:
         return Runtime(load_model(name or cfg.model, DTYPES[cfg.dtype], placement), placement)
     except ValueError as err:
         raise UserInputError(str(err).splitlines()[0]) from None
+
+
+def model_specs(cfg: Any) -> tuple[ModelSpec, ModelSpec | None]:
+    """The specs (config, tokenizer; weights unread) of `cfg.model` and of `cfg.writer_model` (None: the model
+    writes its own self-edits)."""
+    return checks.model_spec(cfg.model), (checks.model_spec(cfg.writer_model) if cfg.writer_model else None)
+
+
+def load_models(cfg: Any, engine: EngineConfig) -> tuple[Runtime, Runtime, Evaluator]:
+    """(the model, the self-edit writer: the model itself or `cfg.writer_model`, the model's evaluator)."""
+    model = load(cfg)
+    writer = load(cfg, cfg.writer_model) if cfg.writer_model else model
+    return model, writer, Evaluator(model, engine)
 
 
 def engine_config(cfg: Any, tokenizer: Any, max_new: int) -> EngineConfig:

@@ -229,18 +229,13 @@ def run(cfg: Any) -> dict[str, Any]:
     common.prompt_set(cfg)
     train, evals = passages(cfg)
     settings = grid.parse(cfg.eval.inner_grid)
-    spec = checks.model_spec(cfg.model)
-    writer_spec = checks.model_spec(cfg.writer_model) if cfg.writer_model else spec
-    domain = make_domain(
-        cfg, spec.tokenizer, train, evals, writer_spec.tokenizer if cfg.writer_model else None
-    )
+    spec, writer_spec = common.model_specs(cfg)
+    domain = make_domain(cfg, spec.tokenizer, train, evals, writer_spec and writer_spec.tokenizer)
     engine = common.engine_config(cfg, spec.tokenizer, domain.eval_max_new_tokens)
-    restem_cfg = common.restem_config(cfg, writer_spec.tokenizer)
+    restem_cfg = common.restem_config(cfg, (writer_spec or spec).tokenizer)
     common.check_eval(cfg)
-    check_budgets(cfg, spec, writer_spec, domain, engine, restem_cfg)
-    model = common.load(cfg)
-    writer = common.load(cfg, cfg.writer_model) if cfg.writer_model else model
-    evaluator = Evaluator(model, engine)
+    check_budgets(cfg, spec, writer_spec or spec, domain, engine, restem_cfg)
+    model, writer, evaluator = common.load_models(cfg, engine)
     with (
         open_workdir(cfg) as workdir,
         Metrics(workdir) as metrics,

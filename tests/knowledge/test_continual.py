@@ -12,6 +12,7 @@ from seal_jax import defaults, stats
 from seal_jax.engine.checkpoint import RoundCheckpoints
 from seal_jax.errors import UserInputError
 from seal_jax.experiments import continual
+from tests.helpers.runs import finished_restem_run, spy_runtime
 
 
 def tiny_config(workdir):
@@ -83,3 +84,14 @@ def test_continual_needs_enough_passages(tmp_path):
     cfg.continual.passages = 5
     with pytest.raises(UserInputError, match=r"continual\.passages=5"):
         continual.run(cfg)
+
+
+def test_continual_starts_from_a_restem_checkpoint(tmp_path, monkeypatch):
+    """`continual.policy_workdir`: the run's saved adapter is merged before the first self-edit is written."""
+    cfg = tiny_config(tmp_path / "run")
+    cfg.continual.update(runs=1, passages=2, policy_workdir=str(finished_restem_run(cfg, tmp_path / "rl")))
+    events = spy_runtime(monkeypatch, ("merge", "sample"))
+    result = continual.run(cfg)
+    assert events[:2] == ["merge", "sample"]  # the checkpoint, then the first self-edit
+    assert events.count("merge") == 1 + 2  # the checkpoint, then one merge per step
+    assert "rl after 1 round(s)" in result["title"]

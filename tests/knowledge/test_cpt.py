@@ -106,6 +106,21 @@ def test_cpt_end_to_end(tmp_path, mode):
     assert (tmp_path / mode / "journal/cpt.jsonl").read_text().splitlines() == lines
 
 
+def test_cpt_samples_its_own_self_edits_without_a_file(tmp_path):
+    """No `self_edit_file`: the model writes `self_edits` per passage (journaled, so a rerun samples nothing);
+    the ones that do not parse are counted and skipped, each passage still trains once."""
+    cfg = cpt_config(tmp_path, "lora")
+    cfg.cpt.self_edit_file = ""
+    cfg.restem.update(max_self_edit_tokens=12, sample_batch=4)
+    result = cpt.run(cfg)
+    records = [json.loads(ln) for ln in (tmp_path / "lora/journal/cpt.jsonl").read_text().splitlines()]
+    samples = [r["key"] for r in records if r["key"].startswith("cpt/sample/")]
+    assert len(samples) == len(set(samples)) == 2 * 2  # 2 passages × 2 self-edits
+    # each passage once, plus the sequences of the self-edits that parsed
+    assert result["sequences"] >= 2 and 0 <= result["invalid_self_edits"] <= 4
+    assert cpt.run(cfg) == result
+
+
 def test_cpt_rejects_an_unknown_mode_and_too_few_completions(tmp_path):
     cfg = cpt_config(tmp_path, "partial")
     with pytest.raises(UserInputError, match=r"cpt\.mode"):

@@ -11,6 +11,7 @@ from seal_jax import defaults
 from seal_jax.domains.knowledge import data
 from seal_jax.errors import UserInputError
 from seal_jax.experiments import table
+from tests.helpers.runs import finished_restem_run, spy_runtime
 
 
 def write_self_edits(directory: Path, name: str, completions: list[str]) -> None:
@@ -105,3 +106,21 @@ def test_replay_without_a_directory_is_a_one_line_error_before_loading(tmp_path,
     monkeypatch.setattr(table.common, "load", lambda *a, **k: pytest.fail("loaded the model before checking"))
     with pytest.raises(UserInputError, match=r"replay\.directory is unset"):
         table.replay(cfg)
+
+
+def test_restem_row_merges_the_run_checkpoint_before_sampling_its_self_edits(tmp_path, monkeypatch):
+    """`restem` (listed first) is evaluated last: the base row answers on the unmerged weights, then the saved
+    round adapter is merged in place and the merged model writes and adapts the row's self-edits."""
+    cfg = tiny_config(tmp_path)
+    cfg.experiment = "knowledge_table"
+    cfg.data.update(eval_source="demo", train_source="demo", num_eval=2, num_train=1)
+    cfg.restem.update(max_self_edit_tokens=12, sample_batch=2)
+    run = finished_restem_run(cfg, tmp_path / "restem_run")
+    events = spy_runtime(monkeypatch, ("merge", "sample", "answer"))
+    cfg.table.update(rows="restem,base", restem_workdir=str(run))
+    result = table.run(cfg)
+    assert [r["key"] for r in result["table"]] == ["restem", "base"]  # shown in the order asked
+    assert all(r["passages"] == 2 for r in result["table"])
+    assert events[0] == "answer" and events.count("merge") == 1
+    assert events.index("merge") < events.index("sample")  # the checkpoint writes the row's self-edits
+    assert sum(r["key"].startswith("restem/") and "/sample/" in r["key"] for r in journal(tmp_path)) == 2
