@@ -79,3 +79,28 @@ def test_tiny_model_compiles_for_v5e_2x2(tmp_path):
     for name in ("sample", "adapt", "answer", "M-step"):
         assert programs[name]["temp"] > 0, name
     assert max(p["peak"] for p in programs.values()) / 2**30 == pytest.approx(float(peak), abs=0.01)
+
+
+@pytest.mark.parametrize("curve", ["linear", "quadratic"])
+def test_chunk_k_search_brackets_the_bound_within_its_compile_budget(curve):
+    """Peaks that grow faster than linearly (as measured at 7B scale) must not make the search step down one K
+    at a time: it brackets the bound and returns the largest K it saw fit, within 2 + 3 compiles."""
+    from seal_jax.aot.programs import Compiled
+    from seal_jax.aot.report import search_k
+
+    def peak(k):
+        gib = 4.0 + 0.08 * k + (0.0006 * k * k if curve == "quadratic" else 0.0)
+        return int(gib * 2**30)
+
+    compiled = []
+
+    def compile_at(k):
+        compiled.append(k)
+        return [Compiled("adapt", peak(k), 0, 0, 0, 0, 0.0)]
+
+    budget = int(14.4 * 2**30)
+    k, seen = search_k(compile_at, k0=15, step=1, budget=budget, limit=750, log=lambda _: None)
+    best = max(j for j in range(1, 751) if peak(j) <= budget)
+    assert len(compiled) <= 5 and set(seen) == set(compiled)
+    assert peak(k) <= budget and k in compiled
+    assert k == best if curve == "linear" else best - k <= 3  # within a few K of the bound

@@ -133,6 +133,29 @@ SCRIPT = textwrap.dedent("""
     out["merge_keeps_shardings"] = all(merged[k].sharding == before[k] for k in before)
     out["merge_wq_spec"] = str(merged["layers/wq"].sharding.spec)
 
+    # Full fine-tuning (`Runtime.finetune`: AdamW, moments sharded like the weights, batch rows on `data`) on a
+    # (2, 4, 1) mesh vs one device.
+    from seal_jax.engine.finetune import FinetuneConfig, step_batches
+    from seal_jax.engine.inner import encode_example
+    from seal_jax.engine.text import pad_id
+    # eps 1e-4: Adam's first step is g / (|g| + eps); with 1e-8 a rounding difference in a near-zero gradient
+    # could move a weight by the whole learning rate (tests/knowledge/test_cpt.py)
+    ft_cfg = FinetuneConfig(learning_rate=1e-2, epochs=2, batch_size=2, grad_accum=1, moments_dtype="float32",
+                            remat=None, warmup_ratio=0.0, eps=1e-4)
+    steps = step_batches([encode_example(model.tokenizer, ex, True, 64) for ex in pairs], ft_cfg, seed=0,
+                         pad_id=pad_id(model.tokenizer), bucket=16)
+    mesh_ft = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=4, tensor=1), jax.devices())
+    one_ft = Runtime(load_model("tiny-random-llama"), default_mesh())
+    mesh_ft_rt = Runtime(load_model("tiny-random-llama", mesh=mesh_ft), mesh_ft)
+    ft_losses = [rt_.finetune(steps, ft_cfg)[0] for rt_ in (one_ft, mesh_ft_rt)]
+    one_w, mesh_w = (leaf_names(jax.tree.map(np.asarray, rt_.base)) for rt_ in (one_ft, mesh_ft_rt))
+    initial_w = leaf_names(jax.tree.map(np.asarray, model.base))
+    out["ft_max_diff"] = max(float(np.abs(one_w[k] - mesh_w[k]).max()) for k in one_w)
+    out["ft_moved"] = max(float(np.abs(one_w[k] - initial_w[k]).max()) for k in one_w)
+    out["ft_loss_max_diff"] = float(np.abs(np.asarray(ft_losses[0]) - np.asarray(ft_losses[1])).max())
+    out["ft_steps"] = len(ft_losses[0])
+    out["ft_wq_spec"] = str(mesh_ft_rt.base["layers"]["wq"][...].sharding.spec)
+
     mesh8 = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=1, tensor=8), jax.devices())
     flat = leaf_names(sharding.base_shardings(mesh8, model.base))
     out["specs8"] = {name: str(s.spec) for name, s in flat.items()}
@@ -172,6 +195,13 @@ def test_runtime_adapt_on_a_mesh_equals_one_device_in_bf16(eight_devices):
     # 2e-3 against adapters that moved 0.1; losses 3e-4 apart).
     assert r["bf16_adapt_max_diff"] < 0.05 * r["bf16_trained"]
     assert r["bf16_loss_max_diff"] < 5e-3
+
+
+def test_full_finetuning_on_a_mesh_equals_one_device(eight_devices):
+    r = eight_devices
+    assert r["ft_steps"] == 4 and r["ft_moved"] > 1e-3  # 4 pairs, 2 per step, 2 epochs; the weights moved
+    assert r["ft_max_diff"] < 1e-4 and r["ft_loss_max_diff"] < 1e-4  # f32: the summation order only
+    assert r["ft_wq_spec"] == str(PartitionSpec(None, "fsdp", "tensor"))  # updated in its shardings
 
 
 def test_load_model_shards_weights_by_the_rules(eight_devices):
