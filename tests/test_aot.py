@@ -104,3 +104,27 @@ def test_chunk_k_search_brackets_the_bound_within_its_compile_budget(curve):
     assert len(compiled) <= 5 and set(seen) == set(compiled)
     assert peak(k) <= budget and k in compiled
     assert k == best if curve == "linear" else best - k <= 3  # within a few K of the bound
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (the aot extra)")
+def test_full_finetuning_step_compiles_for_v5e_2x2():
+    """CPT's full fine-tuning step: weights and AdamW moments sharded over fsdp; the arguments hold at least
+    the weights' and the moments' shards."""
+    cmd = [
+        sys.executable, "-m", "seal_jax.aot", "--config", "configs/knowledge_cpt.py", "--finetune",
+        "--config.model=tiny-random-llama", "--config.cpt.mode=full", "--config.mesh.data=1",
+        "--config.mesh.fsdp=-1", "--config.cpt.max_length=128", "--topology=v5e:2x2",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("JAX_PLATFORMS", None)
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"AOT-FT topology=v5e:2x2 fits=yes peak_hbm_gb=[\d.]+ hbm_gb=16", lines[-1]), lines[
+        -1
+    ]
+    args, peak = (float(x) for x in re.search(r"args ([\d.]+) MiB.*peak ([\d.]+) MiB", lines[-2]).groups())
+    assert 0 < args <= peak
+    lora = [c.replace("cpt.mode=full", "cpt.mode=lora") for c in cmd]
+    bad = subprocess.run(lora, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith("add --config.cpt.mode=full")

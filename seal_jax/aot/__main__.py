@@ -8,6 +8,7 @@ fits; the last line is `AOT topology=<t> fits=<yes|no> peak_hbm_gb=<x> hbm_gb=<y
 from __future__ import annotations
 
 import os
+import sys
 
 # The programs are compiled for a deviceless topology: the process's own backend can be the CPU (with libtpu
 # installed, a TPU backend would otherwise probe for local chips). Set before JAX is imported.
@@ -21,6 +22,7 @@ from ml_collections import config_flags
 
 from seal_jax.aot import report
 from seal_jax.aot.chips import CHIPS
+from seal_jax.errors import UserInputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _TOPOLOGY = flags.DEFINE_string(
@@ -38,15 +40,24 @@ _CHIP = flags.DEFINE_enum(
     "analytic_chip", "", ["", *CHIPS], "No compile: analytic times only, on this chip (e.g. a GPU)."
 )
 _CHIPS = flags.DEFINE_integer("analytic_chips", 1, "Chips for --analytic_chip.")
+_FINETUNE = flags.DEFINE_bool(
+    "finetune", False, "Compile only CPT's full fine-tuning step (a config with cpt.mode=full)."
+)
 
 
 def main(argv: list[str]) -> None:
     del argv
     overrides = dict(s.split("=", 1) for s in _SHAPES.value)
-    if _CHIP.value:
-        report.analytic(_CONFIG.value, _CHIP.value, _CHIPS.value, overrides)
-    else:
-        report.run(_CONFIG.value, _TOPOLOGY.value, overrides, _SEARCH.value, _HEADROOM.value, _JSON.value)
+    try:
+        if _CHIP.value:
+            report.analytic(_CONFIG.value, _CHIP.value, _CHIPS.value, overrides)
+        elif _FINETUNE.value:
+            report.full_finetune(_CONFIG.value, _TOPOLOGY.value, _HEADROOM.value)
+        else:
+            report.run(_CONFIG.value, _TOPOLOGY.value, overrides, _SEARCH.value, _HEADROOM.value, _JSON.value)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the shardings the runtime would place them with.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from typing import Any
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 
 from seal_jax.aot.shapes import RoundShapes
-from seal_jax.engine import runtime, sharding
+from seal_jax.engine import finetune, runtime, sharding
+from seal_jax.engine.finetune import FinetuneConfig
 from seal_jax.engine.inner import AdapterHparams, InnerConfig, StepBatches, StepSchedule
 from seal_jax.engine.sampling import SamplingConfig
 from seal_jax.models.bundle import abstract_base
@@ -200,6 +202,25 @@ def compile_sft(s: Setting) -> Compiled:
     schedule = StepSchedule(_int((steps,), rep), (s.shapes.sft_length,))
     lora = _lora_k(s, s.sft.lora, 1, rep)
     return _compile("M-step", program, lora, base, batches, schedule, _hparams(1, rep))
+
+
+def compile_finetune(s: Setting, ft: FinetuneConfig, length: int) -> Compiled:
+    """CPT's full fine-tuning step: the weights and AdamW moments in their fsdp shardings (both donated),
+    `grad_accum` micro-batches of `batch_size` rows of `length` tokens."""
+    base, base_sh = base_args(s)
+    abstract = abstract_base(s.model, s.dtype)
+    opt_sh = finetune.optimizer_shardings(base_sh, abstract, ft, s.mesh)
+    opt = _abstract(jax.eval_shape(functools.partial(finetune.init_optimizer, cfg=ft), abstract), opt_sh)
+    program = finetune.finetune_program(
+        s.mesh, graphdef_for(s.model, None, KERNELS), ft, base_sh, opt_sh, ft.batch_size
+    )
+    row, rep = finetune.rows_spec(s.mesh, ft.batch_size), runtime.replicated(s.mesh)
+    shape = (ft.grad_accum, ft.batch_size, length)
+    mask = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=row)
+    hparams = _abstract(
+        AdapterHparams(*(jax.ShapeDtypeStruct((), d) for d in (jnp.float32, jnp.int32, jnp.int32))), rep
+    )
+    return _compile("full FT step", program, base, opt, _int(shape, row), mask, _int((), rep), hparams)
 
 
 def compile_merge(s: Setting) -> Compiled:

@@ -22,14 +22,17 @@ from seal_jax.aot.programs import (
     base_bytes_per_device,
     compile_adapt,
     compile_answer,
+    compile_finetune,
     compile_merge,
     compile_sample,
     compile_sft,
 )
 from seal_jax.aot.shapes import default_shapes, sft_steps
 from seal_jax.engine import sharding
+from seal_jax.engine.finetune import FinetuneConfig
 from seal_jax.engine.inner import remat_policy
 from seal_jax.engine.sampling import SamplingConfig
+from seal_jax.errors import UserInputError
 from seal_jax.experiments.common import DTYPES, inner_config, sft_config
 from seal_jax.models.bundle import abstract_base
 from seal_jax.models.known import model_config
@@ -244,6 +247,31 @@ def run(
     print(
         f"AOT topology={topology} fits={'yes' if peak <= budget and k else 'no'} peak_hbm_gb={peak / GIB:.2f} "
         f"hbm_gb={chip.hbm_bytes / GIB:.0f} round_minutes={minutes:.1f} chunk_k={k}"
+    )
+
+
+def full_finetune(cfg: Any, topology: str, headroom: float) -> None:
+    """Compiles CPT's full fine-tuning step (`cfg.cpt`, mode "full") for `topology` and prints its per-device
+    memory; the last line is `AOT-FT topology=<t> fits=<yes|no> peak_hbm_gb=<x> hbm_gb=<y>`."""
+    from seal_jax.experiments.cpt import training_config
+
+    ft = training_config(cfg.cpt)
+    if not isinstance(ft, FinetuneConfig):
+        raise UserInputError("--finetune compiles full fine-tuning: add --config.cpt.mode=full")
+    devices, chip = topology_devices(topology), chip_of(topology)
+    mesh = sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor), devices)
+    s = setting(cfg, mesh, {})
+    print(f"# {cfg.model} on {topology}: {len(devices)} x {devices[0].device_kind}, mesh {dict(mesh.shape)}")
+    print(f"# {ft}")
+    c = compile_finetune(s, ft, int(cfg.cpt.max_length))
+    print(
+        f"{c.name} per device: args {c.argument / 2**20:.1f} MiB, out {c.output / 2**20:.1f}, temp "
+        f"{c.temp / 2**20:.1f}, peak {c.peak / 2**20:.1f} MiB ({100 * c.peak / chip.hbm_bytes:.1f}% of HBM)"
+    )
+    fits = c.peak <= chip.hbm_bytes * (1 - headroom)
+    print(
+        f"AOT-FT topology={topology} fits={'yes' if fits else 'no'} peak_hbm_gb={c.peak / GIB:.2f} "
+        f"hbm_gb={chip.hbm_bytes / GIB:.0f}"
     )
 
 

@@ -118,7 +118,7 @@ def arc_shapes(cfg: Any) -> RoundShapes:
 
 
 def default_shapes(cfg: Any) -> RoundShapes:
-    return knowledge_shapes(cfg) if cfg.experiment == "knowledge" else arc_shapes(cfg)
+    return knowledge_shapes(cfg) if cfg.experiment.startswith("knowledge") else arc_shapes(cfg)
 
 
 def sft_steps(pairs: int, batch: int, epochs: int) -> int:
