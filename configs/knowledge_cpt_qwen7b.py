@@ -6,7 +6,8 @@ Overrides:
 - full fine-tuning (the reference's v2, the paper's numbers): --config.cpt.mode=full --config.cpt.learning_rate=7e-5
   --config.cpt.epochs=1 --config.cpt.warmup_ratio=0.03 --config.mesh.data=1 --config.mesh.fsdp=-1
   (weights and AdamW moments sharded over fsdp; moments in bf16 as torch keeps them for a bf16 model,
-  --config.cpt.moments_dtype=float32 for f32 moments)
+  --config.cpt.moments_dtype=float32 for f32 moments). On a TPU v5e-8 add --config.cpt.batch_size=1
+  --config.cpt.grad_accum=8: the reference's 4 × 2 needs 16.4 GiB per chip (`python -m seal_jax.aot --finetune`)
 - GPT-4.1's or SEAL's self-edits from a file: --config.cpt.self_edit_file=<gpt4_1_val.json>
 """
 

@@ -15,8 +15,8 @@ from seal_jax.models.bundle import LoadedModel, default_mesh, load_model
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """A persistent compilation cache for the session (each xdist worker its own): the drivers' tests build new
-    runtimes, whose jitted programs would otherwise compile again for every run of the same tiny model."""
+    """A persistent compilation cache for the whole test run (each xdist worker its own): the drivers' tests
+    build new runtimes, whose jitted programs would otherwise compile again for every run of the tiny model."""
     import jax
 
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "xla_cache"))

@@ -43,8 +43,8 @@ class Topology:
 
 
 # Host bounds as the slices ship: v5e-8 / v6e-8 are one host of 8 chips, larger v5e slices have 4 chips per host,
-# v4-8 / v5p-8 are one host of 4 (megacore) chips. A single chip is one device of a v5e:2x2: libtpu's compiler
-# crashes (SIGSEGV) on a "v5e:1x1" topology with 1x1x1 host bounds, and a one-device program has no collectives.
+# v4-8 / v5p-8 are one host of 4 (megacore) chips. A single chip is one device of a v5e:2x2: a one-device program
+# has no collectives, and the "v5e:1x1" name would need hand-set 1x1x1 host bounds.
 TOPOLOGIES = {
     t.name: t
     for t in (
