@@ -105,7 +105,7 @@ def token_texts(tokenizer: object) -> dict[int, str]:
     special = set(getattr(tokenizer, "all_special_ids", ()))
     ids = [i for i in range(len(tokenizer)) if i not in special]
     anchor = next(i for i in ids if tokenizer.decode([i]))
-    prefix = tokenizer.decode([anchor])
+    prefix = tokenizer.decode([anchor], clean_up_tokenization_spaces=False)
     texts = tokenizer.batch_decode([[anchor, i] for i in ids], clean_up_tokenization_spaces=False)
     return {i: t[len(prefix) :] for i, t in zip(ids, texts, strict=True) if t.startswith(prefix)}
 
@@ -155,3 +155,16 @@ def compile_grammar(grammar: Grammar, texts: Mapping[int, str], eos_ids: Sequenc
         for i, nxt in row.items():
             table[state, column[i]] = nxt
     return TokenConstraint(np.asarray(used, np.int32), table)
+
+
+def shortest_reply(constraint: TokenConstraint) -> int:
+    """The fewest tokens any complete reply takes, EOS included (a breadth-first search over the table)."""
+    table = np.asarray(constraint.table)
+    eos_state = table.shape[0] - 1  # `compile_grammar`'s state after EOS
+    depth, frontier = 0, {0}
+    seen = set(frontier)
+    while eos_state not in frontier:
+        frontier = {int(n) for s in frontier for n in table[s] if n >= 0} - seen
+        seen |= frontier
+        depth += 1
+    return depth

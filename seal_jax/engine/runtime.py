@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from seal_jax.domains.base import Grammar
 from seal_jax.engine import distributed, sharding
-from seal_jax.engine.constrained import TokenConstraint, compile_grammar, token_texts
+from seal_jax.engine.constrained import TokenConstraint, compile_grammar, shortest_reply, token_texts
 from seal_jax.engine.finetune import (
     FinetuneConfig,
     finetune_program,
@@ -45,6 +45,7 @@ from seal_jax.engine.inner import (
 )
 from seal_jax.engine.sampling import SamplingConfig, generate, pad_prompts, prompt_width, vmapped_generate
 from seal_jax.engine.text import decode_outputs, encode_prompts
+from seal_jax.errors import UserInputError
 from seal_jax.models.bundle import LoadedModel
 from seal_jax.models.lora import LoraConfig, merge_lora
 from seal_jax.models.transformer import init_lora_k
@@ -162,7 +163,9 @@ class Runtime:
     def constraint(self, grammar: Grammar, eos_ids: tuple[int, ...]) -> TokenConstraint:
         """`grammar` compiled for this model's vocabulary (once), replicated over the mesh."""
         if (grammar, eos_ids) not in self._constraints:
-            compiled = compile_grammar(grammar, token_texts(self.tokenizer), eos_ids)
+            vocab = self.model.config.vocab_size  # a tokenizer may list added ids the embedding does not have
+            texts = {i: t for i, t in token_texts(self.tokenizer).items() if i < vocab}
+            compiled = compile_grammar(grammar, texts, eos_ids)
             self._constraints[grammar, eos_ids] = self.put(compiled, replicated(self.mesh))
         return self._constraints[grammar, eos_ids]
 
@@ -172,6 +175,11 @@ class Runtime:
         """The model's continuations of `prompts` (one batch; a row's randomness depends on the batch); with
         `grammar`, each is a string of its language (or its prefix, if `cfg.max_new` cuts it)."""
         constraint = None if grammar is None else self.constraint(grammar, cfg.eos_ids)
+        if constraint is not None and (shortest := shortest_reply(constraint)) > cfg.max_new:
+            raise UserInputError(
+                f"a constrained reply takes at least {shortest} tokens: max_new={cfg.max_new} (for self-edits "
+                "restem.max_self_edit_tokens) would cut every one"
+            )
         tokens, lens = pad_prompts(encode_prompts(self.tokenizer, prompts), cfg)
         rows = len(prompts)
         program = self._program(

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from seal_jax.domains.arc.self_edit import PLAN_GRAMMAR, SelfEditPlan, parse_self_edit_json
-from seal_jax.engine.constrained import _char_automaton, compile_grammar, token_texts
+from seal_jax.engine.constrained import _char_automaton, compile_grammar, shortest_reply, token_texts
 from seal_jax.engine.text import sampling_config
+from seal_jax.errors import UserInputError
 
 # "1" is both an alternative and a prefix of "10", and the next segment starts with "0": a reply's split into
 # segments is ambiguous until later characters, which a deterministic automaton must still accept.
@@ -56,6 +57,7 @@ def test_token_paths_spell_the_language_with_multi_character_tokens():
     rng = random.Random(0)
     seen = {walk(c, rng, texts, 99) for _ in range(300)}
     assert seen == LANGUAGE  # every path is in the language, and every string is reachable
+    assert shortest_reply(c) == 3  # "a1" + "c" (or "a" + "1c"), then EOS
 
 
 def test_a_vocabulary_that_cannot_spell_the_grammar_is_rejected():
@@ -91,3 +93,9 @@ def test_constrained_sampling_writes_only_valid_plans(tiny_runtime):
     greedy = sampling_config(tiny_runtime.tokenizer, max_new=320)
     first, again = (tiny_runtime.sample(prompts[:1], greedy, seed, PLAN_GRAMMAR) for seed in (3, 4))
     assert first == again and isinstance(parse_self_edit_json(first[0]), SelfEditPlan)  # greedy: seed-free
+
+
+def test_a_budget_that_cuts_every_constrained_reply_is_refused(tiny_runtime):
+    cfg = sampling_config(tiny_runtime.tokenizer, max_new=16)
+    with pytest.raises(UserInputError, match=r"restem\.max_self_edit_tokens"):
+        tiny_runtime.sample(["Write a training plan:"], cfg, seed=0, grammar=PLAN_GRAMMAR)
