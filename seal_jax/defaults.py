@@ -219,8 +219,8 @@ def arc() -> ml_collections.ConfigDict:
     # strict schema of the issue
     # per_test_input: a task's reward is the share of its test inputs solved (the reference's sub-tasks); off:
     # 1 iff all are.
-    # constrained: sample self-edits only from the plan grammar (each reply a valid JSON plan); off: free text,
-    # parsed afterwards, as the reference did.
+    # constrained: sample self-edits only from the plan grammar (each reply a JSON plan that parses); off: free
+    # text, parsed afterwards, as the reference did.
     # ARC TTT's loss on pads (the reference's, padding to the adapter's longest text):
     # --config.inner.pad_in_loss=True.
     cfg.domain = ml_collections.ConfigDict(

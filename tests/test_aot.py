@@ -128,3 +128,11 @@ def test_full_finetuning_step_compiles_for_v5e_2x2():
     lora = [c.replace("cpt.mode=full", "cpt.mode=lora") for c in cmd]
     bad = subprocess.run(lora, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith("add --config.cpt.mode=full")
+
+
+def test_an_unknown_topology_is_one_line():
+    from seal_jax.aot.chips import chip_of
+    from seal_jax.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="unknown topology 'v9x-8'"):
+        chip_of("v9x-8")

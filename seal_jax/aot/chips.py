@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from seal_jax.errors import UserInputError
+
 GIB = 2**30
 
 
@@ -79,4 +81,9 @@ def topology_devices(name: str) -> list:
 def chip_of(name: str) -> Chip:
     """The chip of a topology (`v5e-8` or a raw `v5e:2x2`)."""
     t = TOPOLOGIES.get(name)
-    return CHIPS[t.chip if t else name.partition(":")[0]]
+    chip = t.chip if t else name.partition(":")[0]
+    if chip not in CHIPS:
+        raise UserInputError(
+            f"unknown topology {name!r}: expected one of {sorted(TOPOLOGIES)} or e.g. v5e:2x2"
+        )
+    return CHIPS[chip]

@@ -217,9 +217,7 @@ def compile_finetune(s: Setting, ft: FinetuneConfig, length: int) -> Compiled:
     row, rep = finetune.rows_spec(s.mesh, ft.batch_size), runtime.replicated(s.mesh)
     shape = (ft.grad_accum, ft.batch_size, length)
     mask = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=row)
-    hparams = _abstract(
-        AdapterHparams(*(jax.ShapeDtypeStruct((), d) for d in (jnp.float32, jnp.int32, jnp.int32))), rep
-    )
+    hparams = _abstract(finetune.schedule(1, ft), rep)  # the runtime's scalars: their shapes and dtypes
     return _compile("full FT step", program, base, opt, _int(shape, row), mask, _int((), rep), hparams)
 
 

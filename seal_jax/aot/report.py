@@ -28,11 +28,11 @@ from seal_jax.aot.programs import (
     compile_sft,
 )
 from seal_jax.aot.shapes import default_shapes, sft_steps
-from seal_jax.engine import sharding
 from seal_jax.engine.finetune import FinetuneConfig
 from seal_jax.engine.inner import remat_policy
 from seal_jax.engine.sampling import SamplingConfig
 from seal_jax.errors import UserInputError
+from seal_jax.experiments import common
 from seal_jax.experiments.common import DTYPES, inner_config, sft_config
 from seal_jax.models.bundle import abstract_base
 from seal_jax.models.known import model_config
@@ -180,9 +180,9 @@ def run(
 ) -> None:
     """Compiles the round for `topology` and prints the table; the last line is the `AOT ...` summary.
     `json_path`: also write the per-program figures (bytes per device, seconds per round) there."""
+    chip = chip_of(topology)  # an unknown name fails here, before libtpu is asked for it
     devices = topology_devices(topology)
-    chip = chip_of(topology)
-    mesh = sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor), devices)
+    mesh = common.mesh(cfg, devices)
     s = setting(cfg, mesh, overrides)
     budget = int(chip.hbm_bytes * (1 - headroom))
     data = mesh.shape["data"]
@@ -258,8 +258,9 @@ def full_finetune(cfg: Any, topology: str, headroom: float) -> None:
     ft = training_config(cfg.cpt)
     if not isinstance(ft, FinetuneConfig):
         raise UserInputError("--finetune compiles full fine-tuning: add --config.cpt.mode=full")
-    devices, chip = topology_devices(topology), chip_of(topology)
-    mesh = sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor), devices)
+    chip = chip_of(topology)
+    devices = topology_devices(topology)
+    mesh = common.mesh(cfg, devices)
     s = setting(cfg, mesh, {})
     print(f"# {cfg.model} on {topology}: {len(devices)} x {devices[0].device_kind}, mesh {dict(mesh.shape)}")
     print(f"# {ft}")

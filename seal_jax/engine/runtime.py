@@ -137,7 +137,8 @@ class Runtime:
         self.mesh = mesh
         self.base_shardings = sharding.base_shardings(mesh, model.base)
         self._programs: dict[tuple, Callable] = {}
-        self._constraints: dict[tuple[Grammar, tuple[int, ...]], TokenConstraint] = {}
+        # (grammar, EOS ids) -> (its token automaton on the mesh, the fewest tokens of a complete reply)
+        self._constraints: dict[tuple[Grammar, tuple[int, ...]], tuple[TokenConstraint, int]] = {}
 
     @property
     def base(self) -> nnx.State:
@@ -160,13 +161,15 @@ class Runtime:
 
     # ------------------------------------------------------------------------------------------------ phases
 
-    def constraint(self, grammar: Grammar, eos_ids: tuple[int, ...]) -> TokenConstraint:
-        """`grammar` compiled for this model's vocabulary (once), replicated over the mesh."""
+    def constraint(self, grammar: Grammar, eos_ids: tuple[int, ...]) -> tuple[TokenConstraint, int]:
+        """`grammar` compiled for this model's vocabulary (once), replicated over the mesh, and the fewest
+        tokens a complete reply takes."""
         if (grammar, eos_ids) not in self._constraints:
             vocab = self.model.config.vocab_size  # a tokenizer may list added ids the embedding does not have
             texts = {i: t for i, t in token_texts(self.tokenizer).items() if i < vocab}
             compiled = compile_grammar(grammar, texts, eos_ids)
-            self._constraints[grammar, eos_ids] = self.put(compiled, replicated(self.mesh))
+            placed = self.put(compiled, replicated(self.mesh))
+            self._constraints[grammar, eos_ids] = placed, shortest_reply(compiled)
         return self._constraints[grammar, eos_ids]
 
     def sample(
@@ -174,8 +177,8 @@ class Runtime:
     ) -> list[str]:
         """The model's continuations of `prompts` (one batch; a row's randomness depends on the batch); with
         `grammar`, each is a string of its language (or its prefix, if `cfg.max_new` cuts it)."""
-        constraint = None if grammar is None else self.constraint(grammar, cfg.eos_ids)
-        if constraint is not None and (shortest := shortest_reply(constraint)) > cfg.max_new:
+        constraint, shortest = (None, 0) if grammar is None else self.constraint(grammar, cfg.eos_ids)
+        if shortest > cfg.max_new:
             raise UserInputError(
                 f"a constrained reply takes at least {shortest} tokens: max_new={cfg.max_new} (for self-edits "
                 "restem.max_self_edit_tokens) would cut every one"

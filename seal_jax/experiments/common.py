@@ -87,10 +87,12 @@ def policy_sampling(tokenizer: Any, c: Any) -> SamplingConfig:
         return for_tokenizer(sections.build(RestemConfig(), c, defaults.RESTEM_KEYS).sampling, tokenizer)
 
 
-def mesh(cfg: Any) -> jax.sharding.Mesh:
-    """The configured ("data", "fsdp", "tensor") mesh over every device of every process."""
+def mesh(cfg: Any, devices: list | None = None) -> jax.sharding.Mesh:
+    """The configured ("data", "fsdp", "tensor") mesh over `devices` (default: every device of every process)."""
     with config_section("mesh"):
-        return sharding.make_mesh(sections.build(sharding.MeshConfig(), cfg.mesh, defaults.MESH_KEYS))
+        return sharding.make_mesh(
+            sections.build(sharding.MeshConfig(), cfg.mesh, defaults.MESH_KEYS), devices
+        )
 
 
 def load(cfg: Any, name: str | None = None) -> Runtime:
