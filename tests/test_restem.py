@@ -152,6 +152,16 @@ def test_round_checkpoint_restores_the_merged_policy_exactly(reference):
     assert any(changed)  # the M-step changed the policy
 
 
+def test_results_carry_the_held_out_rows_with_intervals(reference):
+    results, workdir = reference["results"], reference["workdir"]
+    (row,) = results["table"]  # baselines off: the SEAL row alone
+    (with_ci,) = results["intervals"]["table"]
+    assert (with_ci["method"], with_ci["passages"]) == (row["method"], 2)
+    assert with_ci["accuracy"] == pytest.approx(row["accuracy"])
+    assert with_ci["ci95"][0] <= with_ci["accuracy"] <= with_ci["ci95"][1]
+    assert f"| {row['method']} |" in (workdir / "results.md").read_text()
+
+
 def test_rerun_of_a_finished_run_does_no_new_work(reference):
     before = {p.name: p.read_text() for p in (reference["workdir"] / "journal").glob("*.jsonl")}
 

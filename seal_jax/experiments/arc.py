@@ -209,7 +209,7 @@ def _evaluate(
         print(
             f"{method}: {len(valid)}/{len(records)} self-edits valid ({rate:.0%} of the samples drawn invalid)"
         )
-        return heldout.accuracy(records, f"{method}/", per_context=False)
+        return heldout.accuracy(records, f"{method}/")
 
     rows = []
     if cfg.eval.baselines:
@@ -227,9 +227,9 @@ def _evaluate(
         if cfg.eval.render:
             render(workdir, domain, oracle, "oracle")
         rows += [
-            ("ICL (no TTT)", heldout.accuracy(icl, "icl/", per_context=False), ""),
+            ("ICL (no TTT)", heldout.accuracy(icl, "icl/"), ""),
             ("TTT + self-edit (no RL)", sampled("round0", writer), "initial policy"),
-            ("Oracle TTT", heldout.accuracy(oracle, "oracle/", per_context=False), "fixed config"),
+            ("Oracle TTT", heldout.accuracy(oracle, "oracle/"), "fixed config"),
         ]
     stats = run_restem(
         writer, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()}, metrics=metrics

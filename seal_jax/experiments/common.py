@@ -27,7 +27,7 @@ from seal_jax.engine.sampling import SamplingConfig
 from seal_jax.engine.sft import SftConfig
 from seal_jax.engine.text import for_tokenizer, sampling_config
 from seal_jax.errors import UserInputError, require_positive
-from seal_jax.experiments import checks
+from seal_jax.experiments import checks, intervals
 from seal_jax.experiments.checks import ModelSpec
 from seal_jax.metrics import Metrics
 from seal_jax.models.bundle import load_model
@@ -182,9 +182,11 @@ def finish(
     title: str,
     metrics: Metrics | None = None,
     judge: dict[str, int] | None = None,
+    uncertainty: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Prints the table (with the judge's failed verdicts under it when `judge` is given); writes results.json
-    and results.png (and the table to `metrics`)."""
+    and results.png (and the table to `metrics`). `uncertainty` (`intervals.summarize` with a title): the rows'
+    95% intervals and paired differences, printed, written to results.md and kept in results.json."""
     table = report.format_table(rows, title)
     if judge is not None:
         table += f"\njudge: no verdict on {judge['failed']} of {judge['judged']} answers (counted wrong)"
@@ -195,6 +197,11 @@ def finish(
         "rounds": stats,
         **({"judge": judge} if judge is not None else {}),
     }
+    if uncertainty is not None:
+        text = intervals.markdown(uncertainty)
+        print(text)
+        report.write_file(workdir / "results.md", text)
+        payload["intervals"] = {k: uncertainty[k] for k in ("table", "differences", "bootstrap_samples")}
     report.write_json(workdir / "results.json", payload)
     report.plot_results(workdir / "results.png", rows, stats, title)
     logging.info("wrote %s", workdir / "results.json")

@@ -25,13 +25,14 @@ def context_means(records: dict[str, dict[str, Any]], prefix: str) -> dict[str, 
     return {c: float(np.mean(v)) for c, v in groups.items()}
 
 
-def accuracy(records: dict[str, dict[str, Any]], prefix: str, per_context: bool = True) -> float:
-    """Mean reward of the records under `prefix`: over contexts of the per-context mean (macro, the knowledge
-    metric) or over all records (the ARC metric: % of (task, self-edit) pairs solved)."""
-    if per_context:
-        values = list(context_means(records, prefix).values())
-    else:
-        values = [rec["reward"] for key, rec in records.items() if key.startswith(prefix)]
+def macro(per_context: dict[str, float]) -> float:
+    """The knowledge metric: the mean over contexts of each context's accuracy (`context_means`; NaN for none)."""
+    return float(np.mean(list(per_context.values()))) if per_context else float("nan")
+
+
+def accuracy(records: dict[str, dict[str, Any]], prefix: str) -> float:
+    """The ARC metric: the mean reward of all records under `prefix` (% of (task, self-edit) pairs solved)."""
+    values = [rec["reward"] for key, rec in records.items() if key.startswith(prefix)]
     return float(np.mean(values)) if values else float("nan")
 
 

@@ -22,7 +22,7 @@ from seal_jax.engine.evaluator import EngineConfig, Evaluator
 from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.text import format_chat
 from seal_jax.errors import UserInputError, require_positive
-from seal_jax.experiments import checks, common, grid, heldout
+from seal_jax.experiments import checks, common, grid, heldout, intervals
 from seal_jax.experiments.workdir import open_workdir
 from seal_jax.metrics import Metrics
 from seal_jax.restem import RestemConfig, run_restem
@@ -127,9 +127,10 @@ def evaluate_heldout(
     cfg: Any,
     journal: Journal,
     settings: Sequence[grid.Setting] = (),
-) -> dict[grid.Setting | None, float]:
-    """Held-out macro accuracy: "base", "passage", or self-edits sampled from `policy` ("round0", "seal"), with
-    the run's inner settings (key None) and each of `settings` (the base model trains with none)."""
+) -> dict[grid.Setting | None, dict[str, float]]:
+    """Held-out accuracy per passage ({passage id: accuracy}) of "base", "passage", or self-edits sampled from
+    `policy` ("round0", "seal"), with the run's inner settings (key None) and each of `settings` (the base model
+    trains with none)."""
     contexts, seeds = domain.contexts("eval"), int(cfg.eval.seeds)
     if method == "base":
         settings = ()
@@ -165,7 +166,8 @@ def evaluate_heldout(
             int(cfg.restem.sample_attempts),
         )
     return {
-        g: heldout.accuracy(records, f"{grid.method_key(method, g)}/") for g in grid.with_settings(settings)
+        g: heldout.context_means(records, f"{grid.method_key(method, g)}/")
+        for g in grid.with_settings(settings)
     }
 
 
@@ -234,6 +236,8 @@ def run(cfg: Any) -> dict[str, Any]:
     engine = common.engine_config(cfg, spec.tokenizer, domain.eval_max_new_tokens)
     restem_cfg = common.restem_config(cfg, (writer_spec or spec).tokenizer)
     common.check_eval(cfg)
+    with common.config_section("table"):
+        require_positive("table", bootstrap_samples=int(cfg.table.bootstrap_samples))
     check_budgets(cfg, spec, writer_spec or spec, domain, engine, restem_cfg)
     model, writer, evaluator = common.load_models(cfg, engine)
     with (
@@ -243,28 +247,54 @@ def run(cfg: Any) -> dict[str, Any]:
         report.write_file(workdir / "selection_train.json", data.selection_json(train))
         report.write_file(workdir / "selection_eval.json", data.selection_json(evals))
         journal = Journal(workdir / "journal", "heldout")
-        rows = []
+
+        def held_out(method: str, label: str, note: str, policy: Runtime) -> tuple[str, str, str, dict]:
+            """(method, row label, note, {setting: {passage id: accuracy}})"""
+            return (
+                method,
+                label,
+                note,
+                evaluate_heldout(method, evaluator, domain, policy, cfg, journal, settings),
+            )
+
+        scored = []
         if cfg.eval.baselines:
-            rows += grid.rows(
-                "base (no update)", "", evaluate_heldout("base", evaluator, domain, model, cfg, journal)
-            )
-            rows += grid.rows(
-                "passage only",
-                "",
-                evaluate_heldout("passage", evaluator, domain, model, cfg, journal, settings),
-            )
-            rows += grid.rows(
-                "round-0 self-edits",
-                "no RL",
-                evaluate_heldout("round0", evaluator, domain, writer, cfg, journal, settings),
-            )
+            scored += [
+                held_out("base", "base (no update)", "", model),
+                held_out("passage", "passage only", "", model),
+                held_out("round0", "round-0 self-edits", "no RL", writer),
+            ]
         stats = run_restem(
             writer, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()}, metrics=metrics
         )
-        rows += grid.rows(
-            f"SEAL ({cfg.restem.rounds} rounds)",
-            "ReST-EM",
-            evaluate_heldout("seal", evaluator, domain, writer, cfg, journal, settings),
-        )
+        scored.append(held_out("seal", f"SEAL ({cfg.restem.rounds} rounds)", "ReST-EM", writer))
         title = f"knowledge: {cfg.model}, {len(evals)} held-out passages"
-        return common.finish(workdir, rows, stats, title, metrics, judged(cfg, workdir))
+        return common.finish(
+            workdir,
+            [
+                row
+                for _, label, note, by_setting in scored
+                for row in grid.rows(label, note, {g: heldout.macro(v) for g, v in by_setting.items()})
+            ],
+            stats,
+            title,
+            metrics,
+            judged(cfg, workdir),
+            held_out_intervals(cfg, scored, evals, title),
+        )
+
+
+def held_out_intervals(
+    cfg: Any, scored: list[tuple[str, str, str, dict]], evals: list[data.Passage], title: str
+) -> dict[str, Any]:
+    """The held-out rows with 95% bootstrap intervals over passages and every pair's paired difference (e.g.
+    SEAL − round-0 self-edits: the effect of the ReST-EM rounds)."""
+    rows, scores = [], {}
+    for method, label, _, by_setting in scored:
+        for g, per_passage in by_setting.items():
+            key = grid.method_key(method, g)
+            rows.append((key, label if g is None else f"{label} [{g.name}]"))
+            scores[key] = per_passage
+    questions = {p.id: len(p.questions) for p in evals}
+    samples = int(cfg.table.bootstrap_samples)
+    return {"title": title, **intervals.summarize(rows, scores, questions, samples, cfg.seed)}

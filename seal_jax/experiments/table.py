@@ -12,24 +12,22 @@ bootstrap interval of their difference over the passages both scored. Writes res
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from pathlib import Path
 from typing import Any
 
 import ml_collections
-import numpy as np
 from absl import logging
 
-from seal_jax import report, stats
+from seal_jax import report
 from seal_jax.domains.knowledge import data
 from seal_jax.domains.knowledge.domain import KnowledgeDomain
 from seal_jax.engine.checkpoint import Journal, RoundCheckpoints
 from seal_jax.engine.evaluator import Evaluator
 from seal_jax.engine.runtime import Runtime
 from seal_jax.errors import UserInputError, require_positive
-from seal_jax.experiments import checks, common, heldout, knowledge
+from seal_jax.experiments import checks, common, heldout, intervals, knowledge
 from seal_jax.experiments.workdir import open_workdir
-from seal_jax.restem import restore_policy, stable_seed
+from seal_jax.restem import restore_policy
 
 BUILT_IN = ("base", "passage", "self_edits", "restem")
 LABELS = {
@@ -132,71 +130,6 @@ def evaluate_row(
     return heldout.context_means(records, f"{row.key}/")
 
 
-def summarize(
-    rows: list[Row], scores: dict[str, dict[str, float]], questions: dict[str, int], samples: int, seed: int
-) -> dict[str, Any]:
-    """Each row's accuracy, passage and question counts and 95% bootstrap interval; every pair's paired
-    difference (later row minus earlier) over their common passages. Each resample's seed derives from
-    `seed` and the rows, so adding a row leaves the other intervals unchanged."""
-    table = []
-    for row in rows:
-        ids = sorted(scores[row.key])
-        values = [scores[row.key][i] for i in ids]
-        entry = {
-            "method": row.label,
-            "key": row.key,
-            "passages": len(ids),
-            "questions": sum(questions[i] for i in ids),
-        }
-        if ids:
-            indices = stats.resample_indices(len(ids), samples, stable_seed(seed, "bootstrap", row.key))
-            entry |= {"accuracy": float(np.mean(values)), "ci95": list(stats.bootstrap_mean(values, indices))}
-        table.append(entry)
-    differences = []
-    for a, b in itertools.combinations(rows, 2):
-        common_ids = sorted(set(scores[a.key]) & set(scores[b.key]))
-        if not common_ids:
-            continue
-        indices = stats.resample_indices(len(common_ids), samples, stable_seed(seed, "paired", a.key, b.key))
-        mean, interval = stats.paired_difference(
-            [scores[b.key][i] for i in common_ids], [scores[a.key][i] for i in common_ids], indices
-        )
-        differences.append(
-            {
-                "row": b.label,
-                "minus": a.label,
-                "passages": len(common_ids),
-                "difference": mean,
-                "ci95": list(interval),
-            }
-        )
-    return {"table": table, "differences": differences, "bootstrap_samples": samples}
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """The table and the paired differences as Markdown (accuracies in %)."""
-
-    def pct(x: float) -> str:
-        return f"{100 * x:.1f}"
-
-    lines = [
-        f"**{result['title']}**",
-        "",
-        "| method | accuracy (%) | 95% CI | passages | questions |",
-        "|---|---:|---|---:|---:|",
-    ]
-    for r in result["table"]:
-        acc, ci = (
-            (pct(r["accuracy"]), f"[{pct(r['ci95'][0])}, {pct(r['ci95'][1])}]") if "ci95" in r else ("–", "–")
-        )
-        lines.append(f"| {r['method']} | {acc} | {ci} | {r['passages']} | {r['questions']} |")
-    lines += ["", "| difference | points | 95% CI (paired) | passages |", "|---|---:|---|---:|"]
-    for d in result["differences"]:
-        ci = f"[{pct(d['ci95'][0])}, {pct(d['ci95'][1])}]"
-        lines.append(f"| {d['row']} − {d['minus']} | {100 * d['difference']:+.1f} | {ci} | {d['passages']} |")
-    return "\n".join(lines) + "\n"
-
-
 def evaluate_table(
     cfg: Any, rows: list[Row], evals: list[data.Passage], title: str, restem: tuple | None = None
 ) -> dict[str, Any]:
@@ -228,9 +161,15 @@ def evaluate_table(
         questions = {p.id: len(p.questions) for p in evals}
         result = {
             "title": title,
-            **summarize(rows, scores, questions, int(cfg.table.bootstrap_samples), cfg.seed),
+            **intervals.summarize(
+                [(r.key, r.label) for r in rows],
+                scores,
+                questions,
+                int(cfg.table.bootstrap_samples),
+                cfg.seed,
+            ),
         }
-        text = markdown(result)
+        text = intervals.markdown(result)
         print(text)
         report.write_file(workdir / "results.md", text)
         report.write_json(workdir / "results.json", result)
