@@ -10,11 +10,11 @@ For the reference's prompt wording add `--config.domain.prompt_file=<json>` (dom
 
 from pathlib import Path
 
-from seal_jax import sweep
+from seal_jax import config_files
 
 
 def get_config():
-    cfg = sweep.config_from(Path(__file__).with_name("knowledge_qwen7b.py"))
+    cfg = config_files.config_from(Path(__file__).with_name("knowledge_qwen7b.py"))
     cfg.workdir = "runs/knowledge_qwen7b_paper"
     cfg.eval.grader = "judge"
     cfg.inner.pad_to = 2048

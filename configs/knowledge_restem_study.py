@@ -12,11 +12,11 @@ slices of it):
 
 from pathlib import Path
 
-from seal_jax import sweep
+from seal_jax import config_files
 
 
 def get_config():
-    cfg = sweep.config_from(Path(__file__).with_name("knowledge_demo.py"))
+    cfg = config_files.config_from(Path(__file__).with_name("knowledge_demo.py"))
     cfg.experiment = "knowledge"
     cfg.workdir = "runs/knowledge_restem_study"
     cfg.data.train_source = cfg.data.eval_source = "hf"

@@ -11,12 +11,12 @@ Writes results.md, results.json and results.png in the workdir; rerunning resume
 
 from pathlib import Path
 
-from seal_jax import sweep
+from seal_jax import config_files
 
 
 def get_config():
     # the demo's model, passages and inner loop (configs/knowledge_demo.py), evaluated row by row
-    cfg = sweep.config_from(Path(__file__).with_name("knowledge_demo.py"))
+    cfg = config_files.config_from(Path(__file__).with_name("knowledge_demo.py"))
     cfg.experiment = "knowledge_table"
     cfg.workdir = "runs/knowledge_table"
     cfg.restem.sample_batch = 6

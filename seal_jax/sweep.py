@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import gc
-import importlib.util
 import io
 import itertools
 import json
@@ -31,8 +30,8 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
+from seal_jax import config_files, report
 from seal_jax import main as entry
-from seal_jax import report
 from seal_jax.engine import distributed
 from seal_jax.errors import UserInputError
 
@@ -114,23 +113,9 @@ def check_points(points: Any) -> list[Point]:
     return points
 
 
-def _load_module(path: str | os.PathLike) -> Any:
-    spec = importlib.util.spec_from_file_location("_seal_jax_config_file", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def config_from(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """The `get_config()` of another config file, for a sweep whose base is an existing config:
-    `sweep.config_from(Path(__file__).parents[1] / "knowledge_demo.py")`."""
-    return _load_module(path).get_config()
-
-
 def load_points(path: str) -> list[Point]:
     """The points of the sweep file at `path` (its `get_sweep()`)."""
-    module = _load_module(path)
+    module = config_files.load_module(path)
     if not hasattr(module, "get_sweep"):
         raise UserInputError(f"{path} defines no get_sweep()")
     return check_points(module.get_sweep())

@@ -9,11 +9,11 @@ point's settings.
 
 from pathlib import Path
 
-from seal_jax import sweep
+from seal_jax import config_files, sweep
 
 
 def get_config():
-    cfg = sweep.config_from(Path(__file__).parents[1] / "knowledge_demo.py")
+    cfg = config_files.config_from(Path(__file__).parents[1] / "knowledge_demo.py")
     cfg.workdir = "runs/sweep_demo_lr_rank"
     cfg.restem.rounds = 0
     cfg.eval.baselines = False
