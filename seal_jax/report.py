@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,12 @@ def format_table(rows: Sequence[tuple[str, float, str]], title: str) -> str:
     lines = [title, f"{'method'.ljust(width)}  acc (%)  note", "-" * (width + 30)]
     lines += [f"{m.ljust(width)}  {100 * a:7.1f}  {n}" for m, a, n in rows]
     return "\n".join(lines)
+
+
+def set_title(ax: Any, title: str) -> None:
+    """`title` over `ax`, wrapped to the axes' width (a long title would be cut at the figure's edges)."""
+    width_in = ax.get_position().width * ax.figure.get_figwidth()
+    ax.set_title(textwrap.fill(title, max(20, int(width_in * 12))), fontsize=10)
 
 
 def write_file(path: str | os.PathLike, data: str | bytes) -> None:
@@ -45,7 +52,7 @@ def plot_results(
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.bar([r[0] for r in rows], [100 * r[1] for r in rows], color="#4c72b0")
     left.set_ylabel("held-out accuracy (%)")
-    left.set_title(title)
+    set_title(left, title)
     left.tick_params(axis="x", labelrotation=20)
     if rounds:
         x = [s["round"] for s in rounds]
@@ -90,7 +97,7 @@ def plot_intervals(path: str | os.PathLike, table: Sequence[dict[str, Any]], tit
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(shown)), 4))
     ax.bar([r["method"] for r in shown], means, yerr=errors, capsize=5, color="#4c72b0")
     ax.set_ylabel("accuracy (%), 95% bootstrap CI")
-    ax.set_title(title)
+    set_title(ax, title)
     ax.tick_params(axis="x", labelrotation=20)
     fig.tight_layout()
     save_figure(fig, path)
@@ -113,7 +120,7 @@ def plot_matrix(path: str | os.PathLike, mean: Sequence[Sequence[float | None]],
     ax.set_ylabel("self-edits applied")
     ax.set_xticks(range(values.shape[1]))
     ax.set_yticks(range(values.shape[0]))
-    ax.set_title(title)
+    set_title(ax, title)
     fig.colorbar(image, ax=ax, label="accuracy (%)")
     fig.tight_layout()
     save_figure(fig, path)
