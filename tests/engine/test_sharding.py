@@ -76,11 +76,10 @@ SCRIPT = textwrap.dedent("""
     padded = [pad_prompts([rng.integers(0, 256, n).tolist() for n in (3, 8)], scfg) for _ in range(4)]
     prompts = np.stack([p[0] for p in padded])
     lens = np.stack([p[1] for p in padded])
-    # Strongly perturbed adapters, so greedy decoding does not merely echo the last prompt token.
-    noise = jax.random.split(jax.random.key(7), len(jax.tree.leaves(ref_lora)))
-    loud = jax.tree.unflatten(jax.tree.structure(ref_lora),
-                              [np.asarray(x + 0.5 * jax.random.normal(k, x.shape))
-                               for x, k in zip(jax.tree.leaves(ref_lora), noise)])
+    # Strongly perturbed adapters, so greedy decoding does not merely echo the last prompt token. The noise is
+    # drawn by numpy: jax.random would compile a program for every leaf shape, for numbers any rng gives.
+    noise = np.random.default_rng(7)
+    loud = jax.tree.map(lambda x: np.asarray(x) + 0.5 * noise.standard_normal(x.shape, np.float32), ref_lora)
     ref_tok, ref_n = generate_k(model.base, loud, prompts, lens, keys, graphdef=graphdef, cfg=scfg)
     k_axis = sharding.adapter_sharding(mesh)
     gen = runtime.answer_program(mesh, graphdef, scfg, rt.base_shardings)
@@ -120,7 +119,7 @@ SCRIPT = textwrap.dedent("""
 
     # Runtime.merge on the (4, 2, 1) mesh vs merge_lora on the host; the merged base keeps its shardings.
     adapter = init_lora(model.config, lora_cfg, jax.random.key(3))
-    adapter = jax.tree.map(lambda x: np.asarray(x + 0.1 * jax.random.normal(jax.random.key(4), x.shape)),
+    adapter = jax.tree.map(lambda x: np.asarray(x) + 0.1 * noise.standard_normal(x.shape, np.float32),
                            adapter)  # B off zero: the merge changes the weights
     host_base = jax.tree.map(np.asarray, model.base)
     expected = leaf_names(jax.tree.map(np.asarray, merge_lora(host_base, adapter, lora_cfg)))
