@@ -1,5 +1,5 @@
-"""Does ReST-EM help the embedded model? SmolLM2-135M-Instruct on SQuAD, sized to about 1 CPU-hour: 2 rounds of
-16 train passages × 3 self-edits, then 100 held-out passages scored four ways (base, passage only, round-0
+"""Does ReST-EM help the embedded model? SmolLM2-135M-Instruct on SQuAD, sized to about 1 CPU-hour: 1 round of
+16 train passages × 3 self-edits, then 50 held-out passages scored four ways (base, passage only, round-0
 self-edits, SEAL's self-edits adapted onto its checkpoint). results.md gives each row's 95% bootstrap interval
 and the paired difference SEAL − round-0 self-edits: the effect of the rounds.
 
@@ -20,8 +20,9 @@ def get_config():
     cfg.experiment = "knowledge"
     cfg.workdir = "runs/knowledge_restem_study"
     cfg.data.train_source = cfg.data.eval_source = "hf"
-    cfg.data.num_eval = 100
-    cfg.data.num_train = 32
+    cfg.data.num_eval = 50
+    cfg.data.num_train = 16
+    cfg.restem.rounds = 1
     cfg.inner.epochs = 1
     cfg.restem.contexts_per_round = 16
     return cfg
