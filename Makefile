@@ -42,7 +42,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile -m 'not slow'
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check seal_jax tests benchmarks configs launch
+	$(VENV)/bin/ruff check seal_jax tests benchmarks configs launch notebooks
 	if command -v shellcheck >/dev/null; then shellcheck -x launch/*.sh; else echo "shellcheck not installed: launch/*.sh not linted"; fi
 
 bench: install-bench
