@@ -43,6 +43,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check seal_jax tests benchmarks configs launch notebooks
+	$(VENV)/bin/ruff format --check seal_jax tests benchmarks configs launch notebooks README.md docs
 	if command -v shellcheck >/dev/null; then shellcheck -x launch/*.sh; else echo "shellcheck not installed: launch/*.sh not linted"; fi
 
 bench: install-bench
