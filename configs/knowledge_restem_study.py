@@ -3,9 +3,9 @@
 self-edits, SEAL's self-edits adapted onto its checkpoint). results.md gives each row's 95% bootstrap interval
 and the paired difference SEAL − round-0 self-edits: the effect of the rounds.
 
-The inner loop is the replay's (`docs/results.md`): LoRA on every projection, 1 epoch at 3e-3; the self-edit
-budget is the demo's. Offline, from a reference-format SQuAD JSON (train and held-out passages are disjoint
-slices of it):
+The inner loop is the 50-passage replay's (`docs/benchmarks.md`): LoRA on every projection, 1 epoch at 3e-3;
+the self-edit budget is the demo's. Offline, from a reference-format SQuAD JSON (train and held-out passages
+are disjoint slices of it):
   python -m seal_jax.main --config configs/knowledge_restem_study.py \
       --config.data.train_source=<squad_val.json> --config.data.eval_source=<squad_val.json>
 """

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any
+import types
 
 import ml_collections
 
 
-def load_module(path: str | os.PathLike) -> Any:
+def load_module(path: str | os.PathLike) -> types.ModuleType:
     """The config file at `path`, executed as a module."""
     spec = importlib.util.spec_from_file_location("_seal_jax_config_file", path)
     assert spec is not None and spec.loader is not None

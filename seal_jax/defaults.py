@@ -154,7 +154,8 @@ def knowledge() -> ml_collections.ConfigDict:
     )
     # The Table 2 command (experiments/table.py): built-in rows among base, passage, self_edits, restem (a ReST-EM
     # run's self-edits on its checkpoint: restem_workdir after restem_round rounds, 0 = its last), then one row
-    # per self-edit file <directory>/<name>_val.json; percentile bootstrap over passages.
+    # per self-edit file <directory>/<name>_val.json. bootstrap_samples: resamples per percentile-bootstrap
+    # interval, in this table and in the knowledge and CPT results too.
     cfg.table = ml_collections.ConfigDict(
         {
             "rows": "base,passage,self_edits",

@@ -71,7 +71,8 @@ def test_grid_rows_equal_each_setting_alone(tiny, tiny_runtime, tmp_path):
     records, calls = passage_records(tiny, tiny_runtime, tmp_path, "grid", OWN, settings)
     assert calls == 1  # 2 passages × (own + 2 settings): one compiled call
     accuracies = {
-        g: heldout.accuracy(records, f"{grid.method_key('passage', g)}/") for g in [None, *settings]
+        g: heldout.macro(heldout.context_means(records, f"{grid.method_key('passage', g)}/"))
+        for g in [None, *settings]
     }
     rows = grid.rows("passage only", "", accuracies)
     assert [r[0] for r in rows] == [

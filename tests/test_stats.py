@@ -1,15 +1,11 @@
-"""Bootstrap intervals, paired differences and pooled standard deviations against hand-computed values; the
-knowledge experiment's held-out table with intervals."""
+"""Bootstrap intervals, paired differences and pooled standard deviations against hand-computed values."""
 
 from __future__ import annotations
 
-import ml_collections
 import numpy as np
 import pytest
 
 from seal_jax import stats
-from seal_jax.domains.knowledge.data import QA, Passage
-from seal_jax.experiments import grid, intervals, knowledge
 
 
 def test_bootstrap_mean_on_given_resamples():
@@ -52,29 +48,3 @@ def test_pooled_std_by_hand_and_against_all_values():
 
 def test_summary_of_one_value_has_zero_std():
     assert stats.summary([0.25]) == (1, 0.25, 0.0)
-
-
-def test_held_out_intervals_label_grid_rows_and_pair_every_row():
-    """The knowledge experiment's held-out table: one row per (method, grid setting), accuracies are macro
-    means, and SEAL − round-0 is the paired difference over the passages both scored."""
-    evals = [Passage(f"p{i}", "t", "c", tuple(QA("q", "a") for _ in range(i + 1))) for i in range(3)]
-    (lr,) = grid.parse("learning_rate=1e-3")
-    scored = [
-        ("round0", "round-0 self-edits", "no RL", {None: {"p0": 0.0, "p1": 0.5, "p2": 0.5}, lr: {"p0": 1.0}}),
-        ("seal", "SEAL (1 rounds)", "ReST-EM", {None: {"p0": 0.1, "p1": 0.6, "p2": 0.6}}),
-    ]
-    cfg = ml_collections.ConfigDict({"seed": 0, "table": {"bootstrap_samples": 300}})
-    result = knowledge.held_out_intervals(cfg, scored, evals, "t")
-    table = {r["method"]: r for r in result["table"]}
-    assert set(table) == {"round-0 self-edits", "round-0 self-edits [learning_rate=0.001]", "SEAL (1 rounds)"}
-    assert table["round-0 self-edits"]["accuracy"] == pytest.approx(1 / 3)
-    assert table["round-0 self-edits"]["questions"] == 6
-    assert table["round-0 self-edits [learning_rate=0.001]"]["passages"] == 1
-    (seal_minus_round0,) = [
-        d
-        for d in result["differences"]
-        if d["minus"] == "round-0 self-edits" and d["row"] == "SEAL (1 rounds)"
-    ]
-    assert seal_minus_round0["difference"] == pytest.approx(0.1)
-    assert seal_minus_round0["ci95"] == pytest.approx([0.1, 0.1])  # the same shift on every passage
-    assert "| SEAL (1 rounds) − round-0 self-edits | +10.0 | [10.0, 10.0] | 3 |" in intervals.markdown(result)

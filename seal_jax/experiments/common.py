@@ -185,8 +185,8 @@ def finish(
     uncertainty: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Prints the table (with the judge's failed verdicts under it when `judge` is given); writes results.json
-    and results.png (and the table to `metrics`). `uncertainty` (`intervals.summarize` with a title): the rows'
-    95% intervals and paired differences, printed, written to results.md and kept in results.json."""
+    and results.png (and the table to `metrics`). `uncertainty` (`intervals.summarize`): the rows' 95%
+    intervals and paired differences, printed, written to results.md and kept in results.json."""
     table = report.format_table(rows, title)
     if judge is not None:
         table += f"\njudge: no verdict on {judge['failed']} of {judge['judged']} answers (counted wrong)"
@@ -198,10 +198,10 @@ def finish(
         **({"judge": judge} if judge is not None else {}),
     }
     if uncertainty is not None:
-        text = intervals.markdown(uncertainty)
+        text = intervals.markdown({"title": title, **uncertainty})
         print(text)
         report.write_file(workdir / "results.md", text)
-        payload["intervals"] = {k: uncertainty[k] for k in ("table", "differences", "bootstrap_samples")}
+        payload["intervals"] = uncertainty
     report.write_json(workdir / "results.json", payload)
     report.plot_results(workdir / "results.png", rows, stats, title)
     logging.info("wrote %s", workdir / "results.json")

@@ -36,7 +36,7 @@ from seal_jax.engine.runtime import Runtime
 from seal_jax.engine.sft import SftConfig, sft
 from seal_jax.engine.text import pad_id
 from seal_jax.errors import UserInputError
-from seal_jax.experiments import checks, common, knowledge
+from seal_jax.experiments import checks, common, intervals, knowledge
 from seal_jax.experiments.workdir import open_workdir
 from seal_jax.models.lora import LoraConfig
 from seal_jax.restem import Item, evaluate_items, sample_self_edits, stable_seed
@@ -157,6 +157,7 @@ def run(cfg: Any) -> dict[str, Any]:
     """`knowledge_cpt`: accuracy before and after one adaptation on every passage's self-edits."""
     c = cfg.cpt
     train_cfg = training_config(c)
+    samples = intervals.bootstrap_samples(cfg)
     if int(c.self_edits) < 0 or int(c.eval_questions) < 0:
         raise UserInputError(
             f"cpt.self_edits={c.self_edits} and cpt.eval_questions={c.eval_questions} must be >= 0"
@@ -190,7 +191,6 @@ def run(cfg: Any) -> dict[str, Any]:
         after = evaluate("after")
         a = correct_by_question(before, "before", evals)
         b = correct_by_question(after, "after", evals)
-        samples = int(cfg.table.bootstrap_samples)
         indices = stats.resample_indices(len(a), samples, stable_seed(cfg.seed, "cpt bootstrap"))
         diff, diff_ci = stats.paired_difference(b, a, indices)
         what = "passages only" if int(c.self_edits) == 0 else f"{c.self_edits} self-edit(s) per passage"

@@ -77,9 +77,14 @@ def method_key(method: str, setting: Setting | None) -> str:
     return method if setting is None else f"{method}@{setting.name}"
 
 
+def row_label(row: str, setting: Setting | None) -> str:
+    """A held-out row's label: the run's own setting as `row`, a grid setting as `row [name]`."""
+    return row if setting is None else f"{row} [{setting.name}]"
+
+
 def rows(row: str, note: str, accuracies: dict[Setting | None, float]) -> list[tuple[str, float, str]]:
-    """Held-out table rows of one method: the run's own setting as `row`, each grid setting as `row [name]`."""
-    return [(row if g is None else f"{row} [{g.name}]", acc, note) for g, acc in accuracies.items()]
+    """Held-out table rows (label, accuracy, note) of one method, one per setting."""
+    return [(row_label(row, g), acc, note) for g, acc in accuracies.items()]
 
 
 def with_settings(settings: Sequence[Setting]) -> list[Setting | None]:

@@ -11,7 +11,29 @@ from typing import Any
 import numpy as np
 
 from seal_jax import stats
+from seal_jax.domains.knowledge.data import Passage
+from seal_jax.errors import UserInputError
 from seal_jax.restem import stable_seed
+
+
+def bootstrap_samples(cfg: Any) -> int:
+    """cfg.table.bootstrap_samples (resamples per interval), checked before any work."""
+    samples = int(cfg.table.bootstrap_samples)
+    if samples <= 0:
+        raise UserInputError(f"bad table config: bootstrap_samples={samples} must be > 0")
+    return samples
+
+
+def over_passages(
+    rows: Sequence[tuple[str, str]],
+    scores: dict[str, dict[str, float]],
+    passages: Sequence[Passage],
+    cfg: Any,
+) -> dict[str, Any]:
+    """`summarize` for rows scored on `passages` (question counts from the passages), with cfg's bootstrap
+    sample count and seed."""
+    questions = {p.id: len(p.questions) for p in passages}
+    return summarize(rows, scores, questions, bootstrap_samples(cfg), int(cfg.seed))
 
 
 def summarize(
@@ -77,7 +99,8 @@ def markdown(result: dict[str, Any]) -> str:
             (pct(r["accuracy"]), f"[{pct(r['ci95'][0])}, {pct(r['ci95'][1])}]") if "ci95" in r else ("–", "–")
         )
         lines.append(f"| {r['method']} | {acc} | {ci} | {r['passages']} | {r['questions']} |")
-    lines += ["", "| difference | points | 95% CI (paired) | passages |", "|---|---:|---|---:|"]
+    if result["differences"]:
+        lines += ["", "| difference | points | 95% CI (paired) | passages |", "|---|---:|---|---:|"]
     for d in result["differences"]:
         ci = f"[{pct(d['ci95'][0])}, {pct(d['ci95'][1])}]"
         lines.append(f"| {d['row']} − {d['minus']} | {100 * d['difference']:+.1f} | {ci} | {d['passages']} |")

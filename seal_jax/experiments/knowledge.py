@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +51,16 @@ def passages(cfg: Any) -> tuple[list[data.Passage], list[data.Passage]]:
     if not train or not evals:
         raise UserInputError(f"data selection is empty: {len(train)} train / {len(evals)} eval passages")
     return train, evals
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOutRow:
+    """One held-out method's scores: {grid setting (None = the run's own): {passage id: accuracy}}."""
+
+    method: str
+    label: str
+    note: str
+    per_setting: dict[grid.Setting | None, dict[str, float]]
 
 
 def grader(cfg: Any, wording: PromptSet) -> Any:
@@ -226,7 +237,8 @@ def check_budgets(
 
 
 def run(cfg: Any) -> dict[str, Any]:
-    """ReST-EM on the knowledge domain with the held-out table; writes results.json and results.png."""
+    """ReST-EM on the knowledge domain with the held-out table; writes results.json, results.md (the rows'
+    intervals and paired differences) and results.png."""
     # Everything checkable is checked before the weights load and before the workdir is entered.
     common.prompt_set(cfg)
     train, evals = passages(cfg)
@@ -236,8 +248,7 @@ def run(cfg: Any) -> dict[str, Any]:
     engine = common.engine_config(cfg, spec.tokenizer, domain.eval_max_new_tokens)
     restem_cfg = common.restem_config(cfg, (writer_spec or spec).tokenizer)
     common.check_eval(cfg)
-    with common.config_section("table"):
-        require_positive("table", bootstrap_samples=int(cfg.table.bootstrap_samples))
+    intervals.bootstrap_samples(cfg)
     check_budgets(cfg, spec, writer_spec or spec, domain, engine, restem_cfg)
     model, writer, evaluator = common.load_models(cfg, engine)
     with (
@@ -248,9 +259,8 @@ def run(cfg: Any) -> dict[str, Any]:
         report.write_file(workdir / "selection_eval.json", data.selection_json(evals))
         journal = Journal(workdir / "journal", "heldout")
 
-        def held_out(method: str, label: str, note: str, policy: Runtime) -> tuple[str, str, str, dict]:
-            """(method, row label, note, {setting: {passage id: accuracy}})"""
-            return (
+        def held_out(method: str, label: str, note: str, policy: Runtime) -> HeldOutRow:
+            return HeldOutRow(
                 method,
                 label,
                 note,
@@ -272,29 +282,27 @@ def run(cfg: Any) -> dict[str, Any]:
         return common.finish(
             workdir,
             [
-                row
-                for _, label, note, by_setting in scored
-                for row in grid.rows(label, note, {g: heldout.macro(v) for g, v in by_setting.items()})
+                entry
+                for row in scored
+                for entry in grid.rows(
+                    row.label, row.note, {g: heldout.macro(v) for g, v in row.per_setting.items()}
+                )
             ],
             stats,
             title,
             metrics,
             judged(cfg, workdir),
-            held_out_intervals(cfg, scored, evals, title),
+            held_out_intervals(cfg, scored, evals),
         )
 
 
-def held_out_intervals(
-    cfg: Any, scored: list[tuple[str, str, str, dict]], evals: list[data.Passage], title: str
-) -> dict[str, Any]:
-    """The held-out rows with 95% bootstrap intervals over passages and every pair's paired difference (e.g.
-    SEAL − round-0 self-edits: the effect of the ReST-EM rounds)."""
+def held_out_intervals(cfg: Any, scored: list[HeldOutRow], evals: list[data.Passage]) -> dict[str, Any]:
+    """The held-out rows (one per method and setting) with 95% bootstrap intervals over passages and every
+    pair's paired difference (e.g. SEAL − round-0 self-edits: the effect of the ReST-EM rounds)."""
     rows, scores = [], {}
-    for method, label, _, by_setting in scored:
-        for g, per_passage in by_setting.items():
-            key = grid.method_key(method, g)
-            rows.append((key, label if g is None else f"{label} [{g.name}]"))
+    for row in scored:
+        for g, per_passage in row.per_setting.items():
+            key = grid.method_key(row.method, g)
+            rows.append((key, grid.row_label(row.label, g)))
             scores[key] = per_passage
-    questions = {p.id: len(p.questions) for p in evals}
-    samples = int(cfg.table.bootstrap_samples)
-    return {"title": title, **intervals.summarize(rows, scores, questions, samples, cfg.seed)}
+    return intervals.over_passages(rows, scores, evals, cfg)

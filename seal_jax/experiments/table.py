@@ -135,8 +135,7 @@ def evaluate_table(
 ) -> dict[str, Any]:
     """Loads the model, evaluates every row (the `restem` row last: it merges the checkpoint into the weights)
     and writes results.{md,json,png}."""
-    with common.config_section("table"):
-        require_positive("table", bootstrap_samples=int(cfg.table.bootstrap_samples))
+    intervals.bootstrap_samples(cfg)
     common.check_eval(cfg)
     completions = load_files(rows)
     spec = checks.model_spec(cfg.model)  # the files and settings are checked before the weights load
@@ -158,16 +157,9 @@ def evaluate_table(
             scores[row.key] = evaluate_row(
                 row, evaluator, domain, model, completions.get(row.key), cfg, journal
             )
-        questions = {p.id: len(p.questions) for p in evals}
         result = {
             "title": title,
-            **intervals.summarize(
-                [(r.key, r.label) for r in rows],
-                scores,
-                questions,
-                int(cfg.table.bootstrap_samples),
-                cfg.seed,
-            ),
+            **intervals.over_passages([(r.key, r.label) for r in rows], scores, evals, cfg),
         }
         text = intervals.markdown(result)
         print(text)

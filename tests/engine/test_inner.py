@@ -147,7 +147,7 @@ def test_distinct_lr_and_steps_match_independent_reference(tiny, schedule):
         # log_softmax here vs chunked CE); measured on this data: at most 5.3e-6 (99th percentile 7.2e-8) while
         # each adapter moved 0.01 to 0.05 from its start.
         for a, b in zip(leaves(lora, k), leaves(ref), strict=True):
-            np.testing.assert_allclose(a, b, atol=2e-4)
+            np.testing.assert_allclose(a, b, atol=5e-5)
     assert not np.allclose(leaves(lora, 0)[1], leaves(lora, 1)[1])
 
 
