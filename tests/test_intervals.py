@@ -23,24 +23,24 @@ def test_held_out_intervals_label_grid_rows_and_pair_every_row():
             "no RL",
             {None: {"p0": 0.0, "p1": 0.5, "p2": 0.5}, lr: {"p0": 1.0}},
         ),
-        HeldOutRow("seal", "SEAL (1 rounds)", "ReST-EM", {None: {"p0": 0.1, "p1": 0.6, "p2": 0.6}}),
+        HeldOutRow("seal", "SEAL (1 round)", "ReST-EM", {None: {"p0": 0.1, "p1": 0.6, "p2": 0.6}}),
     ]
     cfg = ml_collections.ConfigDict({"seed": 0, "table": {"bootstrap_samples": 300}})
     result = knowledge.held_out_intervals(cfg, scored, evals)
     table = {r["method"]: r for r in result["table"]}
-    assert set(table) == {"round-0 self-edits", "round-0 self-edits [learning_rate=0.001]", "SEAL (1 rounds)"}
+    assert set(table) == {"round-0 self-edits", "round-0 self-edits [learning_rate=0.001]", "SEAL (1 round)"}
     assert table["round-0 self-edits"]["accuracy"] == pytest.approx(1 / 3)
     assert table["round-0 self-edits"]["questions"] == 6
     assert table["round-0 self-edits [learning_rate=0.001]"]["passages"] == 1
     (seal_minus_round0,) = [
         d
         for d in result["differences"]
-        if d["minus"] == "round-0 self-edits" and d["row"] == "SEAL (1 rounds)"
+        if d["minus"] == "round-0 self-edits" and d["row"] == "SEAL (1 round)"
     ]
     assert seal_minus_round0["difference"] == pytest.approx(0.1)
     assert seal_minus_round0["ci95"] == pytest.approx([0.1, 0.1])  # the same shift on every passage
     text = intervals.markdown({"title": "t", **result})
-    assert "| SEAL (1 rounds) − round-0 self-edits | +10.0 | [10.0, 10.0] | 3 |" in text
+    assert "| SEAL (1 round) − round-0 self-edits | +10.0 | [10.0, 10.0] | 3 |" in text
 
 
 def test_markdown_without_differences_has_no_difference_table():

@@ -94,9 +94,9 @@ def test_tiny_run_writes_metrics_and_events_and_no_library_info(tmp_path):
     results = json.loads((workdir / "results.json").read_text())
     methods = [row["method"] for row in results["table"]]
     assert methods == [
-        "SEAL (1 rounds)",
-        "SEAL (1 rounds) [learning_rate=0.01]",
-        "SEAL (1 rounds) [learning_rate=0.03]",
+        "SEAL (1 round)",
+        "SEAL (1 round) [learning_rate=0.01]",
+        "SEAL (1 round) [learning_rate=0.03]",
     ]
     assert set(heldout) == {f"heldout/{m}" for m in methods}
 

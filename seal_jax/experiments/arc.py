@@ -234,7 +234,7 @@ def _evaluate(
     stats = run_restem(
         writer, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()}, metrics=metrics
     )
-    rows.insert(2 if rows else 0, (f"SEAL ({cfg.restem.rounds} round)", sampled("seal", writer), "ReST-EM"))
+    rows.insert(2 if rows else 0, (common.seal_label(cfg.restem.rounds), sampled("seal", writer), "ReST-EM"))
     return common.finish(
         workdir, rows, stats, f"ARC: {cfg.model}, {len(evals)} held-out tasks, % (task, SE) solved", metrics
     )

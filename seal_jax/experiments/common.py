@@ -41,6 +41,11 @@ def targets(spec: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in spec.split(",") if t.strip())
 
 
+def seal_label(rounds: int) -> str:
+    """The held-out row of the policy after `rounds` ReST-EM rounds: "SEAL (1 round)", "SEAL (2 rounds)"."""
+    return f"SEAL ({rounds} round{'' if rounds == 1 else 's'})"
+
+
 @contextlib.contextmanager
 def config_section(name: str) -> Iterator[None]:
     """Turns a ValueError raised while building the `name` settings into a one-line UserInputError."""

@@ -277,7 +277,7 @@ def run(cfg: Any) -> dict[str, Any]:
         stats = run_restem(
             writer, domain, evaluator, restem_cfg, str(workdir), {"config": cfg.to_json()}, metrics=metrics
         )
-        scored.append(held_out("seal", f"SEAL ({cfg.restem.rounds} rounds)", "ReST-EM", writer))
+        scored.append(held_out("seal", common.seal_label(cfg.restem.rounds), "ReST-EM", writer))
         title = f"knowledge: {cfg.model}, {len(evals)} held-out passages"
         return common.finish(
             workdir,
