@@ -166,10 +166,26 @@ def sampling_stats(journal: Journal, keys: Sequence[str], invalid: int) -> dict[
     return {"sample_attempts": drawn, "invalid_rate": (rejected + invalid) / max(drawn, 1)}
 
 
+def grading_failed(record: dict[str, Any]) -> bool:
+    """Whether a journaled evaluation holds answers the grader gave no verdict on (an LLM judge's outage: its
+    verdicts' "source" is "failed")."""
+    return any(isinstance(v, dict) and v.get("source") == "failed" for v in record.get("verdicts") or ())
+
+
+def regrade(domain: Domain, item: Item, record: dict[str, Any], journal: Journal) -> None:
+    """Scores a journaled evaluation whose grading failed again from its kept answers (no adaptation), so an
+    outage does not leave them wrong in a resumed run; journals the new record when a verdict changed."""
+    score = domain.score(item.context, domain.eval_queries(item.context), record["answers"])
+    if score.details.get("verdicts") != record.get("verdicts"):
+        reward = 0.0 if record.get("nonfinite") else score.reward
+        journal.write({**record, "reward": reward, **score.details})
+
+
 def evaluate_items(
     evaluator: Evaluator, domain: Domain, items: Sequence[Item], journal: Journal, desc: str
 ) -> dict[str, dict[str, Any]]:
-    """Applies and scores every item (chunk by chunk, journaled); an Invalid self-edit scores 0 untrained."""
+    """Applies and scores every item (chunk by chunk, journaled); an Invalid self-edit scores 0 untrained. A
+    journaled evaluation whose grading failed is graded again from its answers."""
     records: dict[str, dict[str, Any]] = {}
     runnable = []
     for item in items:
@@ -179,6 +195,8 @@ def evaluate_items(
                 f"{journal.path} holds {item.key} for another self-edit text than this run's (was a self-edit "
                 "file changed?); use a new --config.workdir"
             )
+        if done is not None and grading_failed(done):
+            regrade(domain, item, done, journal)
         if isinstance(item.parsed, Invalid):
             if item.key not in journal:
                 journal.write(
@@ -398,7 +416,9 @@ def run_restem(
                     "round": r + 1,
                     "reward_mean": round_stats["mean_reward"],
                     "reward_best": round_stats["mean_best_reward"],
-                    "invalid_rate": round_stats["invalid"] / len(eval_items),
+                    "invalid_rate": round_stats["invalid_rate"],
+                    "sample_attempts": round_stats["sample_attempts"],
+                    "invalid_after_resampling": round_stats["invalid"] / len(eval_items),
                     "self_edit_words": float(np.mean([len(t.split()) for t in texts.values()])),
                     "kept": len(pairs),
                     **{f"time_{name}_s": s for name, s in metrics.take_times().items()},

@@ -27,6 +27,17 @@ def bootstrap_mean(values: Sequence[float], indices: np.ndarray) -> tuple[float,
     return percentile_interval(np.asarray(values, np.float64)[indices].mean(axis=1))
 
 
+def bootstrap_ratio(
+    numerators: Sequence[float], denominators: Sequence[float], indices: np.ndarray
+) -> tuple[float, float]:
+    """95% percentile interval of Σ numerators / Σ denominators [n] over the resamples `indices` [samples, n]
+    of their n units: a cluster bootstrap (e.g. questions answered right and asked, per passage, so that a
+    passage's questions, which share its text and self-edits, are resampled together)."""
+    num = np.asarray(numerators, np.float64)[indices].sum(axis=1)
+    den = np.asarray(denominators, np.float64)[indices].sum(axis=1)
+    return percentile_interval(num / den)
+
+
 def paired_difference(
     a: Sequence[float], b: Sequence[float], indices: np.ndarray
 ) -> tuple[float, tuple[float, float]]:

@@ -74,6 +74,7 @@ def test_tiny_run_writes_metrics_and_events_and_no_library_info(tmp_path):
         "reward_mean",
         "reward_best",
         "invalid_rate",
+        "invalid_after_resampling",
         "self_edit_words",
         "time_sample_s",
         "time_adapt_s",
@@ -85,6 +86,7 @@ def test_tiny_run_writes_metrics_and_events_and_no_library_info(tmp_path):
     ):
         assert isinstance(round_[key], float), key
     assert round_["round"] == 1 and round_["evaluations"] == 4 and round_["compile_s"] > 0
+    assert round_["sample_attempts"] >= 4  # each of the 2 contexts × 2 self-edits is drawn at least once
     curves = [round_[f"inner_loss_{k}"] for k in ("mean", "min", "max")]
     assert len(set(map(len, curves))) == 1 and curves[0]
     assert all(lo <= m <= hi for lo, m, hi in zip(curves[1], curves[0], curves[2], strict=True))

@@ -17,9 +17,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from seal_jax import experiments
+from seal_jax import experiments, restem
 from seal_jax.domains.knowledge import data
-from seal_jax.engine.checkpoint import RoundCheckpoints
+from seal_jax.domains.knowledge.domain import KnowledgeDomain
+from seal_jax.domains.knowledge.grading import OpenAIJudge
+from seal_jax.engine.checkpoint import Journal, RoundCheckpoints
 from seal_jax.errors import UserInputError
 from seal_jax.experiments import checks, common
 from seal_jax.experiments.workdir import FAILED, open_workdir
@@ -407,16 +409,59 @@ def test_any_single_override_runs_cleanly_or_is_one_line_and_the_fix_then_works(
     check()
 
 
-def test_failed_judge_verdicts_are_counted_in_results_json_and_the_table(tmp_path, capsys, caplog):
-    journal = tmp_path / "journal"
-    journal.mkdir()
-    verdicts = [{"source": "judge"}, {"source": "failed", "error": "TimeoutError"}, {"source": "judge"}]
-    (journal / "heldout.jsonl").write_text(json.dumps({"key": "a", "details": {"verdicts": verdicts}}) + "\n")
-    (journal / "round_0.jsonl").write_text(
-        json.dumps({"key": "b", "details": {"verdicts": [{"source": "failed"}]}}) + "\n"
-    )
-    judge = common.judge_summary(tmp_path)
-    assert judge == {"judged": 4, "failed": 2} and "no verdict on 2 of 4" in caplog.text
-    common.finish(tmp_path, [("base", 0.5, "")], [], "t", judge=judge)
-    assert json.loads((tmp_path / "results.json").read_text())["judge"] == {"judged": 4, "failed": 2}
-    assert "judge: no verdict on 2 of 4 answers (counted wrong)" in capsys.readouterr().out
+def test_a_judge_outage_is_counted_in_the_results_and_graded_again_on_resume(tmp_path, monkeypatch, capsys):
+    """A tiny run graded by an LLM judge (its HTTP call replaced) that fails every other call: the results count
+    the failed verdicts its journal holds, as wrong; the same command, with the judge back, grades them again
+    from the journaled answers (nothing is adapted again)."""
+    calls, outage = [], [True]
+
+    def request(self, prompt, timeout):
+        calls.append(prompt)
+        if outage[0] and len(calls) % 2 == 0:  # the first call, the check before any work, is answered
+            raise OSError("connection reset by peer")
+        return "yes"
+
+    monkeypatch.setattr(OpenAIJudge, "_request", request)
+    # The tiny random model's answers are empty, which need no judge: give them text.
+    score = KnowledgeDomain.score
+
+    def with_text(self, ctx, queries, outputs):
+        return score(self, ctx, queries, [o.strip() or "an answer" for o in outputs])
+
+    monkeypatch.setattr(KnowledgeDomain, "score", with_text)
+
+    def run():
+        cfg = base_config(tmp_path / "run")
+        cfg.eval.update(grader="judge", judge_retries=0)
+        return experiments.dispatch(cfg)
+
+    def journaled():
+        paths = sorted((tmp_path / "run" / "journal").glob("*.jsonl"))
+        return [r for path in paths for r in Journal(path.parent, path.stem).records.values()]
+
+    first = run()
+    verdicts = [v for r in journaled() for v in r.get("verdicts") or ()]
+    # a record (one passage's answers) with a failed verdict is graded again whole
+    regraded = sum(len(r["verdicts"]) for r in journaled() if restem.grading_failed(r))
+    failed = sum(v["source"] == "failed" for v in verdicts)
+    judged = sum(v["source"] in ("judge", "failed") for v in verdicts)
+    assert first["judge"] == {"judged": judged, "failed": failed} and 0 < failed < judged
+    assert not any(v["correct"] for v in verdicts if v["source"] == "failed")
+    assert f"judge: no verdict on {failed} of {judged} answers (counted wrong)" in capsys.readouterr().out
+
+    outage[0] = False
+    adapted = len(calls)
+    second = run()
+    assert second["judge"] == {"judged": judged, "failed": 0}
+    assert len(calls) - adapted == 1 + regraded  # the check, then the records that had a failed verdict
+    verdicts = [v for r in journaled() for v in r.get("verdicts") or ()]
+    assert len(verdicts) == judged and all(v["source"] == "judge" and v["correct"] for v in verdicts)
+
+
+@pytest.mark.parametrize(
+    "experiment", ["knowledge_table", "knowledge_replay", "knowledge_cpt", "knowledge_continual", "generate"]
+)
+def test_writer_model_is_refused_where_no_model_writes_for_another(tmp_path, no_weights, experiment):
+    cfg = tiny_config(tmp_path)
+    cfg.update(experiment=experiment, writer_model="tiny-random-llama")
+    refused(cfg, f"applies to the knowledge and arc experiments, not to {experiment}")

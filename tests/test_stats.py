@@ -19,6 +19,17 @@ def test_bootstrap_mean_on_given_resamples():
     assert hi == pytest.approx(sorted_means[3] + 0.9 * (1 - sorted_means[3]))
 
 
+def test_bootstrap_ratio_resamples_whole_units():
+    # passages with 1/2 and 3/4 questions right: resamples {0,0} 0.5, {0,1} and {1,0} 4/6, {1,1} 0.75
+    right, asked = [1.0, 3.0], [2.0, 4.0]
+    indices = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    lo, hi = stats.bootstrap_ratio(right, asked, indices)
+    ratios = np.percentile([0.5, 4 / 6, 4 / 6, 0.75], [2.5, 97.5])
+    assert (lo, hi) == (pytest.approx(ratios[0]), pytest.approx(ratios[1]))
+    # not the mean of per-passage accuracies (0.5 and 0.75 would give 0.625 for the mixed resamples)
+    assert stats.bootstrap_ratio(right, asked, np.array([[0, 1]])) == (pytest.approx(4 / 6),) * 2
+
+
 def test_paired_difference_cancels_what_the_rows_share():
     """b = a + 0.1 on every passage: the paired interval is exactly [0.1, 0.1] whatever the resamples."""
     a = [0.0, 0.2, 0.9, 0.4]

@@ -17,6 +17,8 @@ EXPERIMENTS = {
     "knowledge_cpt": ("cpt", "run"),
     "arc": ("arc", "run"),
 }
+# The experiments where another model writes the self-edits (teacher-student, `cfg.writer_model`).
+WITH_WRITER_MODEL = ("knowledge", "arc")
 
 
 def dispatch(cfg: Any) -> Any:
@@ -29,5 +31,10 @@ def dispatch(cfg: Any) -> Any:
     check_run(cfg)
     if name not in EXPERIMENTS:
         raise UserInputError(f"unknown experiment {name!r}: expected one of {sorted(EXPERIMENTS)}")
+    if str(cfg.get("writer_model") or "").strip() and name not in WITH_WRITER_MODEL:
+        raise UserInputError(
+            f"writer_model={cfg.writer_model!r} applies to the {' and '.join(WITH_WRITER_MODEL)} experiments, "
+            f"not to {name}: unset --config.writer_model"
+        )
     module, function = EXPERIMENTS[name]
     return getattr(importlib.import_module(f"seal_jax.experiments.{module}"), function)(cfg)

@@ -111,11 +111,16 @@ def render(workdir: Path, domain: ArcDomain, records: dict[str, dict[str, Any]],
 
 
 def check_budgets(
-    cfg: Any, spec: checks.ModelSpec, domain: ArcDomain, engine: EngineConfig, restem_cfg: RestemConfig
+    cfg: Any,
+    spec: checks.ModelSpec,
+    writer: checks.ModelSpec,
+    domain: ArcDomain,
+    engine: EngineConfig,
+    restem_cfg: RestemConfig,
 ) -> None:
-    """Self-edit prompts and test queries fit the model's context and memory; the run's optimizer steps stay
-    under the cap (each adaptation counted at `domain.ttt_cap` examples and one epoch: a plan's own epochs are
-    bounded by the self-edit parser)."""
+    """Self-edit prompts fit the writer's context, test queries the model's (the one that trains and answers)
+    context and memory; the run's optimizer steps stay under the cap (each adaptation counted at
+    `domain.ttt_cap` examples and one epoch: a plan's own epochs are bounded by the self-edit parser)."""
     if engine.inner.max_length < int(cfg.domain.max_tokens):
         raise UserInputError(
             f"inner.max_length={engine.inner.max_length} < domain.max_tokens={cfg.domain.max_tokens}: TTT texts "
@@ -125,7 +130,7 @@ def check_budgets(
     names = [f"task {t.id}" for t in tasks_]
     checks.check_prompts(
         "self-edit sampling",
-        spec,
+        writer,
         [domain.self_edit_prompt(t) for t in tasks_],
         restem_cfg.sampling.max_new,
         int(cfg.restem.sample_batch),
@@ -156,7 +161,7 @@ def run(cfg: Any) -> dict[str, Any]:
     engine = common.engine_config(cfg, spec.tokenizer, domain.eval_max_new_tokens)
     restem_cfg = common.restem_config(cfg, (writer_spec or spec).tokenizer)
     common.check_eval(cfg)
-    check_budgets(cfg, writer_spec or spec, domain, engine, restem_cfg)
+    check_budgets(cfg, spec, writer_spec or spec, domain, engine, restem_cfg)
     _, writer, evaluator = common.load_models(cfg, engine)
     with (
         open_workdir(cfg) as workdir,

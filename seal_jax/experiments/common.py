@@ -164,6 +164,11 @@ def judge_summary(workdir: Path) -> dict[str, int]:
     return {"judged": judged, "failed": failed}
 
 
+def judge_line(judge: dict[str, int]) -> str:
+    """The line under a results table that says how many answers the judge gave no verdict on."""
+    return f"judge: no verdict on {judge['failed']} of {judge['judged']} answers (counted wrong)"
+
+
 def restem_checkpoint(cfg: Any, workdir: str, round_: int) -> tuple[epath.Path, int, SftConfig]:
     """(workdir, rounds, its M-step config) of a finished ReST-EM run to start a policy from (merged with
     `restem.restore_policy`): it must be a run of `cfg.model` with at least `round_` finished rounds (0: all)."""
@@ -173,6 +178,11 @@ def restem_checkpoint(cfg: Any, workdir: str, round_: int) -> tuple[epath.Path, 
     saved = json.loads((path / "config.json").read_text())
     if saved.get("model") != cfg.model:
         raise UserInputError(f"{workdir} is a run of {saved.get('model')!r}, not of model {cfg.model!r}")
+    if saved.get("writer_model"):  # its checkpoints hold the writer's adapters, not the model's
+        raise UserInputError(
+            f"{workdir} is a teacher-student run (writer_model {saved['writer_model']!r}): its checkpoints "
+            f"train the writer, not {cfg.model!r}"
+        )
     finished = RoundCheckpoints(path).latest_round()
     rounds = round_ or finished
     if not 1 <= rounds <= finished:
@@ -194,7 +204,7 @@ def finish(
     intervals and paired differences, printed, written to results.md and kept in results.json."""
     table = report.format_table(rows, title)
     if judge is not None:
-        table += f"\njudge: no verdict on {judge['failed']} of {judge['judged']} answers (counted wrong)"
+        table += "\n" + judge_line(judge)
     print(table)
     payload = {
         "title": title,

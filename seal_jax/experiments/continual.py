@@ -15,7 +15,7 @@ Resumable: each step's evaluation goes to the journal and its adapter to an Orba
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,22 +46,33 @@ def sequence_passages(
     return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
 
 
+class Step(NamedTuple):
+    """One continual step's evaluation: accuracy per passage seen, the answers and their verdicts (flat, in
+    passage order), the adapter without its K axis (host), and whether training went non-finite."""
+
+    rewards: list[float]
+    answers: list[str]
+    verdicts: list[dict[str, Any]]
+    adapter: Any
+    nonfinite: bool
+
+
 def evaluate_step(
     evaluator: Evaluator, domain: KnowledgeDomain, job: AdaptJob, seen: list[data.Passage]
-) -> tuple[list[float], list[str], Any, bool]:
-    """Adapts one job (no examples: the model as it is) and scores its answers per passage of `seen`:
-    -> (accuracy per passage, answers, the adapter without its K axis (host), non-finite)."""
+) -> Step:
+    """Adapts one job (no examples: the model as it is) and scores its answers per passage of `seen`."""
     queries = [domain.eval_queries(p) for p in seen]
     job = AdaptJob(job.examples, job.hparams, job.seed, tuple(q.prompt for qs in queries for q in qs))
     adapted = evaluator.adapt_chunk([job])
     result = evaluator.answer_chunk(adapted, 1)[0]
-    rewards, start = [], 0
+    rewards, verdicts, start = [], [], 0
     for passage, qs in zip(seen, queries, strict=True):
-        answers = result.answers[start : start + len(qs)]
-        rewards.append(0.0 if result.nonfinite else domain.score(passage, qs, answers).reward)
+        score = domain.score(passage, qs, result.answers[start : start + len(qs)])
+        rewards.append(0.0 if result.nonfinite else score.reward)
+        verdicts += score.details["verdicts"]
         start += len(qs)
     adapter = jax.tree.map(lambda x: distributed.to_host(x)[0], adapted.lora)
-    return rewards, result.answers, adapter, result.nonfinite
+    return Step(rewards, list(result.answers), verdicts, adapter, result.nonfinite)
 
 
 def run_sequence(
@@ -85,8 +96,16 @@ def run_sequence(
     sampling = common.policy_sampling(model.tokenizer, cfg.restem)
     no_update = AdaptJob((), domain.hparams, 0, ())
     if f"{tag}/step0" not in journal:
-        rewards, answers, _, _ = evaluate_step(evaluator, domain, no_update, passages)
-        journal.write({"key": f"{tag}/step0", "passages": [p.id for p in passages], "rewards": rewards})
+        step = evaluate_step(evaluator, domain, no_update, passages)
+        journal.write(
+            {
+                "key": f"{tag}/step0",
+                "passages": [p.id for p in passages],
+                "rewards": step.rewards,
+                "answers": step.answers,
+                "verdicts": step.verdicts,
+            }
+        )
     for k in range(done + 1, len(passages) + 1):
         passage, seen = passages[k - 1], passages[:k]
         text = sample_self_edits(
@@ -97,8 +116,9 @@ def run_sequence(
         job = (
             no_update if isinstance(parsed, Invalid) else AdaptJob(parsed.examples, parsed.hparams, seed, ())
         )
-        rewards, answers, adapter, nonfinite = evaluate_step(evaluator, domain, job, seen)
-        if isinstance(parsed, Invalid) or nonfinite:  # keep the weights: merge a no-op adapter (B = 0)
+        step = evaluate_step(evaluator, domain, job, seen)
+        adapter = step.adapter
+        if isinstance(parsed, Invalid) or step.nonfinite:  # keep the weights: merge a no-op adapter (B = 0)
             adapter = init_lora(model.model.config, lora, jax.random.key(0))
         key = f"{tag}/step{k}"
         if key not in journal:  # else written before a kill: the recomputed step gives the same numbers
@@ -108,9 +128,10 @@ def run_sequence(
                     "passages": [p.id for p in seen],
                     "self_edit": text,
                     "invalid": parsed.reason if isinstance(parsed, Invalid) else None,
-                    "nonfinite": nonfinite,
-                    "rewards": rewards,
-                    "answers": answers,
+                    "nonfinite": step.nonfinite,
+                    "rewards": step.rewards,
+                    "answers": step.answers,
+                    "verdicts": step.verdicts,
                 }
             )
         checkpoints.save(k, adapter.to_pure_dict(), jax.random.key(seed), {"passage": passage.id})
@@ -192,9 +213,14 @@ def run(cfg: Any) -> dict[str, Any]:
         policy = f"{source[0]} after {source[1]} round(s)" if source else cfg.model
         title = f"continual self-edits: {policy}, {c.passages} passages, {c.runs} × {c.sequences} sequence(s)"
         result = {"title": title, **matrix_stats(by_run), "sequences": orders}
+        judge = knowledge.judged(cfg, workdir)
+        if judge is not None:
+            result["judge"] = judge
         report.write_json(workdir / "results.json", result)
         report.plot_matrix(workdir / "results.png", result["mean"], title)
         print(title)
         for k, row in enumerate(result["mean"]):
             print(f"after {k} edit(s): " + " ".join("  -  " if v is None else f"{100 * v:5.1f}" for v in row))
+        if judge is not None:
+            print(common.judge_line(judge))
         return result

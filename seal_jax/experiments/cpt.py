@@ -11,9 +11,9 @@ splitting); the passage is appended once per passage. Training modes (`cfg.cpt.m
 The batch is `batch_size` × `grad_accum`: full fine-tuning accumulates gradients over `grad_accum` micro-batches
 (a scan; the mean of the micro-batch means, as HF); LoRA trains one effective batch of batch_size × grad_accum
 rows (the token mean over all of them).
-Accuracy is over questions (the reference's CPT metric), with a 95% bootstrap interval over questions and the
-paired difference to the model before training. A rerun resumes: the journal holds both rows' answers; the
-training is redone only when the trained model's evaluation is unfinished.
+Accuracy is over questions (the reference's CPT metric), with a 95% bootstrap interval over passages (a passage's
+questions are resampled together) and the paired difference to the model before training. A rerun resumes: the
+journal holds both rows' answers; the training is redone only when the trained model's evaluation is unfinished.
 """
 
 from __future__ import annotations
@@ -44,12 +44,22 @@ from seal_jax.restem import Item, evaluate_items, sample_self_edits, stable_seed
 MODES = ("lora", "full")
 
 
+FULL_LR_WARNING = 1e-4  # full fine-tuning above this rate is logged: LoRA's 1e-3 is 14x the reference's 7e-5
+
+
 def training_config(c: Any) -> SftConfig | FinetuneConfig:
     """cfg.cpt -> the LoRA (`SftConfig`, warmup set per run) or full fine-tuning settings."""
     if c.mode not in MODES:
         raise UserInputError(f"cpt.mode={c.mode!r}: expected one of {list(MODES)}")
     with common.config_section("cpt"):
         if c.mode == "full":
+            if float(c.learning_rate) > FULL_LR_WARNING:  # a LoRA rate carried over by mistake?
+                logging.warning(
+                    "cpt.mode=full at learning_rate=%g: every weight moves at the rate; the reference's full "
+                    "fine-tuning used --config.cpt.learning_rate=7e-5 --config.cpt.epochs=1 "
+                    "--config.cpt.warmup_ratio=0.03",
+                    float(c.learning_rate),
+                )
             return FinetuneConfig(
                 learning_rate=float(c.learning_rate),
                 epochs=int(c.epochs),
@@ -146,11 +156,14 @@ def train(model: Runtime, examples: list[TrainExample], train_cfg: Any, c: Any, 
     return {"steps": len(losses), "loss_first_last": [losses[0], losses[-1]], "nonfinite_steps": skipped}
 
 
-def correct_by_question(
+def correct_by_passage(
     records: dict[str, dict[str, Any]], prefix: str, passages: list[data.Passage]
-) -> list[float]:
-    """1.0 / 0.0 per evaluated question, in passage order, from the journaled verdicts."""
-    return [float(v["correct"]) for p in passages for v in records[f"{prefix}/{p.id}"]["verdicts"]]
+) -> np.ndarray:
+    """[passages] questions answered right per passage, from the journaled verdicts."""
+    return np.array(
+        [sum(bool(v["correct"]) for v in records[f"{prefix}/{p.id}"]["verdicts"]) for p in passages],
+        np.float64,
+    )
 
 
 def run(cfg: Any) -> dict[str, Any]:
@@ -189,18 +202,22 @@ def run(cfg: Any) -> dict[str, Any]:
             if "train" not in journal:
                 journal.write({"key": "train", **stats_})
         after = evaluate("after")
-        a = correct_by_question(before, "before", evals)
-        b = correct_by_question(after, "after", evals)
-        indices = stats.resample_indices(len(a), samples, stable_seed(cfg.seed, "cpt bootstrap"))
-        diff, diff_ci = stats.paired_difference(b, a, indices)
+        # Accuracy over questions; intervals resample passages (a cluster bootstrap): a passage's questions
+        # share its text and its self-edits, so they are not independent draws.
+        a = correct_by_passage(before, "before", evals)
+        b = correct_by_passage(after, "after", evals)
+        asked = np.array([len(p.questions) for p in evals], np.float64)
+        indices = stats.resample_indices(len(evals), samples, stable_seed(cfg.seed, "cpt bootstrap"))
+        diff, diff_ci = float((b - a).sum() / asked.sum()), stats.bootstrap_ratio(b - a, asked, indices)
         what = "passages only" if int(c.self_edits) == 0 else f"{c.self_edits} self-edit(s) per passage"
-        title = f"CPT ({c.mode}): {cfg.model}, {len(passages)} passages, {what}, {len(a)} questions"
+        title = f"CPT ({c.mode}): {cfg.model}, {len(passages)} passages, {what}, {int(asked.sum())} questions"
         table = [
             {
                 "method": name,
-                "accuracy": float(np.mean(v)),
-                "ci95": list(stats.bootstrap_mean(v, indices)),
-                "questions": len(v),
+                "accuracy": float(v.sum() / asked.sum()),
+                "ci95": list(stats.bootstrap_ratio(v, asked, indices)),
+                "passages": len(evals),
+                "questions": int(asked.sum()),
             }
             for name, v in (("before training", a), ("after training", b))
         ]
@@ -212,6 +229,9 @@ def run(cfg: Any) -> dict[str, Any]:
             "invalid_self_edits": invalid,
             "training": journal.get("train"),
         }
+        judge = knowledge.judged(cfg, workdir)
+        if judge is not None:
+            result["judge"] = judge
         report.write_json(workdir / "results.json", result)
         report.plot_intervals(workdir / "results.png", table, title)
         print(title)
@@ -221,4 +241,6 @@ def run(cfg: Any) -> dict[str, Any]:
         print(
             f"{'difference':>16}: {100 * diff:+.1f} points [{100 * diff_ci[0]:+.1f}, {100 * diff_ci[1]:+.1f}]"
         )
+        if judge is not None:
+            print(common.judge_line(judge))
         return result

@@ -16,7 +16,7 @@ from seal_jax import report
 from seal_jax.domains.base import InnerHparams
 from seal_jax.domains.knowledge import data
 from seal_jax.domains.knowledge.domain import KnowledgeDomain
-from seal_jax.domains.knowledge.grading import OfflineGrader, OpenAIJudge
+from seal_jax.domains.knowledge.grading import OfflineGrader, OpenAIJudge, check_judge
 from seal_jax.domains.prompt_file import PromptSet
 from seal_jax.engine.checkpoint import Journal
 from seal_jax.engine.evaluator import EngineConfig, Evaluator
@@ -112,6 +112,9 @@ def make_domain(
     hparams = InnerHparams(
         learning_rate=float(cfg.inner.learning_rate), epochs=int(cfg.inner.epochs), loss_on_all_tokens=True
     )
+    grade = grader(cfg, wording)
+    if isinstance(grade, OpenAIJudge):
+        check_judge(grade)
     try:
         return KnowledgeDomain(
             tuple(train),
@@ -122,7 +125,7 @@ def make_domain(
             split_newlines=cfg.domain.split_newlines,
             add_context=cfg.domain.add_context,
             max_sequences=int(cfg.domain.max_sequences),
-            grader=grader(cfg, wording),
+            grader=grade,
             writer_chat=writer_chat,
             wording=wording,
         )
@@ -182,6 +185,21 @@ def evaluate_heldout(
     }
 
 
+def check_self_edit_prompts(
+    cfg: Any, writer: checks.ModelSpec, domain: KnowledgeDomain, max_new: int
+) -> None:
+    """Every passage's self-edit prompt, plus `max_new` sampled tokens, fits the writer's context."""
+    contexts = domain.contexts("train") + domain.contexts("eval")
+    checks.check_prompts(
+        "self-edit sampling",
+        writer,
+        [domain.self_edit_prompt(c) for c in contexts],
+        max_new,
+        int(cfg.restem.sample_batch),
+        [f"passage {c.id}" for c in contexts],
+    )
+
+
 def check_budgets(
     cfg: Any,
     spec: checks.ModelSpec,
@@ -195,14 +213,7 @@ def check_budgets(
     logged as truncated; the run's optimizer steps stay under the cap. `restem_cfg` None: no ReST-EM (replay)."""
     contexts = domain.contexts("train") + domain.contexts("eval")
     if restem_cfg is not None:
-        checks.check_prompts(
-            "self-edit sampling",
-            writer,
-            [domain.self_edit_prompt(c) for c in contexts],
-            restem_cfg.sampling.max_new,
-            int(cfg.restem.sample_batch),
-            [f"passage {c.id}" for c in contexts],
-        )
+        check_self_edit_prompts(cfg, writer, domain, restem_cfg.sampling.max_new)
     queries = [(q.prompt, f"passage {c.id}") for c in contexts for q in domain.eval_queries(c)]
     checks.check_prompts(
         "closed-book answers",

@@ -142,6 +142,9 @@ def evaluate_table(
     domain = knowledge.make_domain(cfg, spec.tokenizer, [], evals)
     engine = common.engine_config(cfg, spec.tokenizer, domain.eval_max_new_tokens)
     knowledge.check_budgets(cfg, spec, spec, domain, engine, None)
+    if any(r.key in ("self_edits", "restem") for r in rows):  # rows that sample self-edits
+        max_new = common.policy_sampling(spec.tokenizer, cfg.restem).max_new
+        knowledge.check_self_edit_prompts(cfg, spec, domain, max_new)
     model = common.load(cfg)
     evaluator = Evaluator(model, engine)
     ordered = sorted(rows, key=lambda r: r.key == "restem")
@@ -162,6 +165,10 @@ def evaluate_table(
             **intervals.over_passages([(r.key, r.label) for r in rows], scores, evals, cfg),
         }
         text = intervals.markdown(result)
+        judge = knowledge.judged(cfg, workdir)
+        if judge is not None:
+            result["judge"] = judge
+            text += "\n" + common.judge_line(judge) + "\n"
         print(text)
         report.write_file(workdir / "results.md", text)
         report.write_json(workdir / "results.json", result)

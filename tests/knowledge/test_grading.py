@@ -10,6 +10,7 @@ from seal_jax.domains.knowledge.grading import (
     JUDGE_INSTRUCTIONS,
     OfflineGrader,
     OpenAIJudge,
+    check_judge,
     contains_answer,
     exact_match,
     failed_verdicts,
@@ -18,6 +19,7 @@ from seal_jax.domains.knowledge.grading import (
     parse_yes_no,
     token_f1,
 )
+from seal_jax.errors import UserInputError
 from tests.knowledge import REFERENCE, requires_reference
 
 GRADER = OfflineGrader()
@@ -222,11 +224,21 @@ def test_answered_calls_cost_nothing_from_the_budget(stub):
 
 
 def test_failed_verdicts_are_counted_from_journal_records():
-    def record(*sources):
-        return {"details": {"verdicts": [{"source": s} for s in sources]}}
+    def record(*sources):  # as restem.evaluate_items journals a score's details: "verdicts" at the top level
+        return {"key": "k", "reward": 0.0, "answers": [], "verdicts": [{"source": s} for s in sources]}
 
-    records = [record("judge", "failed"), record("offline", "judge"), record("fallback"), {"details": {}}]
+    records = [record("judge", "failed"), record("offline", "judge"), record("fallback"), {"key": "invalid"}]
     assert failed_verdicts(records) == (4, 2)
+
+
+def test_a_judge_that_cannot_answer_a_test_question_is_a_one_line_error(stub):
+    url, handler = stub
+    handler.script = [(401, "bad key")] * 2
+    with pytest.raises(UserInputError, match="gave no verdict on a test question: HTTPError") as err:
+        check_judge(_judge(url, [], retries=1))
+    assert "\n" not in str(err.value) and len(handler.seen) == 2
+    handler.script = [_reply("yes")]
+    check_judge(_judge(url, []))
 
 
 @pytest.mark.parametrize(

@@ -97,6 +97,23 @@ def test_table_rejects_unknown_rows_and_a_missing_restem_run(tmp_path):
     cfg.table.update(rows="base,restem", restem_workdir=str(tmp_path / "nothing"))
     with pytest.raises(UserInputError, match="holds no ReST-EM run"):
         table.run(cfg)
+    teacher_student = tmp_path / "teacher_student"  # its checkpoints hold the writer's adapters
+    (teacher_student / "checkpoints").mkdir(parents=True)
+    saved = {"model": cfg.model, "writer_model": "another-model"}
+    (teacher_student / "config.json").write_text(json.dumps(saved))
+    cfg.table.restem_workdir = str(teacher_student)
+    with pytest.raises(UserInputError, match="is a teacher-student run"):
+        table.run(cfg)
+
+
+def test_table_checks_the_self_edit_prompts_of_its_sampled_rows_before_loading(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path)
+    cfg.data.update(train_source="demo", eval_source="demo", num_train=1, num_eval=2)
+    cfg.restem.max_self_edit_tokens = 10**6  # no prompt leaves room for that many new tokens
+    monkeypatch.setattr(table.common, "load", lambda *a, **k: pytest.fail("loaded the model before checking"))
+    cfg.table.rows = "base,self_edits"
+    with pytest.raises(UserInputError, match="self-edit sampling"):
+        table.run(cfg)
 
 
 def test_replay_without_a_directory_is_a_one_line_error_before_loading(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import http.client
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from typing import Protocol
 
 from absl import logging
 
-from seal_jax.errors import require_positive
+from seal_jax.errors import UserInputError, require_positive
 
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -184,6 +185,9 @@ def _chat_text(reply: dict) -> str:
     return content
 
 
+# A judge call's failures: the network and HTTP (a torn reply is an http.client.IncompleteRead), and replies
+# that are not the expected JSON.
+CALL_ERRORS = (OSError, http.client.HTTPException, ValueError, LookupError, TypeError, AttributeError)
 JUDGE_APIS = {"responses": ("/responses", _responses_text), "chat": ("/chat/completions", _chat_text)}
 
 
@@ -270,7 +274,7 @@ class OpenAIJudge:
                 self.clock.spent += wait
             try:
                 reply = self._attempt(judge_prompt(question, gold, prediction, self.prompt_template))
-            except (OSError, ValueError, LookupError, TypeError, AttributeError) as e:
+            except CALL_ERRORS as e:
                 error = f"{type(e).__name__}: {e}"
                 continue
             return dataclasses.replace(lexical, correct=parse_yes_no(reply), source="judge")
@@ -278,13 +282,25 @@ class OpenAIJudge:
         return dataclasses.replace(lexical, correct=False, source="failed", error=error)
 
 
+def check_judge(judge: OpenAIJudge) -> None:
+    """One call before any work: a wrong key, URL or model is then a one-line error, not a run whose every answer
+    is counted wrong. Its time counts against the judge's budget as any call's."""
+    verdict = judge.grade("What is 2 + 2?", "4", "4")
+    if verdict.source != "judge":
+        raise UserInputError(
+            f"the judge ({judge.model} at {judge.base_url}) gave no verdict on a test question: "
+            f"{' '.join((verdict.error or '').split())[:300]}"
+        )
+
+
 def failed_verdicts(records: Iterable[dict]) -> tuple[int, int]:
-    """(judged, failed): how many answers of the journal `records` the judge was asked about (empty answers
-    excepted) and how many of those got no verdict from it."""
+    """(judged, failed): how many answers of the journal `records` (each with its "verdicts", as the
+    evaluations journal them) the judge was asked about (empty answers excepted) and how many of those got no
+    verdict from it."""
     sources = [
         v.get("source")
         for r in records
-        for v in (r.get("details") or {}).get("verdicts", ())
+        for v in r.get("verdicts") or ()
         if isinstance(v, dict) and v.get("source") in ("judge", "failed", "fallback")
     ]
     return len(sources), sum(s != "judge" for s in sources)
