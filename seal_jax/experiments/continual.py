@@ -213,14 +213,12 @@ def run(cfg: Any) -> dict[str, Any]:
         policy = f"{source[0]} after {source[1]} round(s)" if source else cfg.model
         title = f"continual self-edits: {policy}, {c.passages} passages, {c.runs} × {c.sequences} sequence(s)"
         result = {"title": title, **matrix_stats(by_run), "sequences": orders}
-        judge = knowledge.judged(cfg, workdir)
-        if judge is not None:
-            result["judge"] = judge
+        judge_line = knowledge.add_judged(cfg, workdir, result)
         report.write_json(workdir / "results.json", result)
         report.plot_matrix(workdir / "results.png", result["mean"], title)
         print(title)
         for k, row in enumerate(result["mean"]):
             print(f"after {k} edit(s): " + " ".join("  -  " if v is None else f"{100 * v:5.1f}" for v in row))
-        if judge is not None:
-            print(common.judge_line(judge))
+        if judge_line:
+            print(judge_line)
         return result

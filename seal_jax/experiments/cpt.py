@@ -207,17 +207,18 @@ def run(cfg: Any) -> dict[str, Any]:
         a = correct_by_passage(before, "before", evals)
         b = correct_by_passage(after, "after", evals)
         asked = np.array([len(p.questions) for p in evals], np.float64)
+        questions = int(asked.sum())
         indices = stats.resample_indices(len(evals), samples, stable_seed(cfg.seed, "cpt bootstrap"))
-        diff, diff_ci = float((b - a).sum() / asked.sum()), stats.bootstrap_ratio(b - a, asked, indices)
+        diff, diff_ci = float((b - a).sum() / questions), stats.bootstrap_ratio(b - a, asked, indices)
         what = "passages only" if int(c.self_edits) == 0 else f"{c.self_edits} self-edit(s) per passage"
-        title = f"CPT ({c.mode}): {cfg.model}, {len(passages)} passages, {what}, {int(asked.sum())} questions"
+        title = f"CPT ({c.mode}): {cfg.model}, {len(passages)} passages, {what}, {questions} questions"
         table = [
             {
                 "method": name,
-                "accuracy": float(v.sum() / asked.sum()),
+                "accuracy": float(v.sum() / questions),
                 "ci95": list(stats.bootstrap_ratio(v, asked, indices)),
                 "passages": len(evals),
-                "questions": int(asked.sum()),
+                "questions": questions,
             }
             for name, v in (("before training", a), ("after training", b))
         ]
@@ -229,9 +230,7 @@ def run(cfg: Any) -> dict[str, Any]:
             "invalid_self_edits": invalid,
             "training": journal.get("train"),
         }
-        judge = knowledge.judged(cfg, workdir)
-        if judge is not None:
-            result["judge"] = judge
+        judge_line = knowledge.add_judged(cfg, workdir, result)
         report.write_json(workdir / "results.json", result)
         report.plot_intervals(workdir / "results.png", table, title)
         print(title)
@@ -241,6 +240,6 @@ def run(cfg: Any) -> dict[str, Any]:
         print(
             f"{'difference':>16}: {100 * diff:+.1f} points [{100 * diff_ci[0]:+.1f}, {100 * diff_ci[1]:+.1f}]"
         )
-        if judge is not None:
-            print(common.judge_line(judge))
+        if judge_line:
+            print(judge_line)
         return result

@@ -92,6 +92,16 @@ def judged(cfg: Any, workdir: Path) -> dict[str, int] | None:
     return common.judge_summary(workdir) if cfg.eval.grader == "judge" else None
 
 
+def add_judged(cfg: Any, workdir: Path, result: dict[str, Any]) -> str:
+    """Puts the judge's verdict counts in `result["judge"]`; -> the line to print under the results table
+    ("" with the offline grader)."""
+    judge = judged(cfg, workdir)
+    if judge is None:
+        return ""
+    result["judge"] = judge
+    return common.judge_line(judge)
+
+
 def make_domain(
     cfg: Any, tokenizer: Any, train: list, evals: list, writer_tokenizer: Any = None
 ) -> KnowledgeDomain:

@@ -165,10 +165,8 @@ def evaluate_table(
             **intervals.over_passages([(r.key, r.label) for r in rows], scores, evals, cfg),
         }
         text = intervals.markdown(result)
-        judge = knowledge.judged(cfg, workdir)
-        if judge is not None:
-            result["judge"] = judge
-            text += "\n" + common.judge_line(judge) + "\n"
+        if line := knowledge.add_judged(cfg, workdir, result):
+            text += f"\n{line}\n"
         print(text)
         report.write_file(workdir / "results.md", text)
         report.write_json(workdir / "results.json", result)
