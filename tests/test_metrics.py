@@ -94,6 +94,7 @@ def test_tiny_run_writes_metrics_and_events_and_no_library_info(tmp_path):
 
     # the in-call grid: one held-out row per setting besides the run's own
     results = json.loads((workdir / "results.json").read_text())
+    assert round_["invalid_rate"] == results["rounds"][0]["invalid_rate"]  # the drawn samples', as the stats
     methods = [row["method"] for row in results["table"]]
     assert methods == [
         "SEAL (1 round)",

@@ -465,3 +465,19 @@ def test_writer_model_is_refused_where_no_model_writes_for_another(tmp_path, no_
     cfg = tiny_config(tmp_path)
     cfg.update(experiment=experiment, writer_model="tiny-random-llama")
     refused(cfg, f"applies to the knowledge and arc experiments, not to {experiment}")
+
+
+def test_table_cpt_and_continual_results_carry_the_judges_counts(tmp_path):
+    from seal_jax.experiments import knowledge
+
+    record = {"key": "r", "answers": ["a", "b"], "verdicts": [{"source": "judge"}, {"source": "failed"}]}
+    (tmp_path / "journal").mkdir()
+    (tmp_path / "journal" / "table.jsonl").write_text(json.dumps(record) + "\n")
+    cfg = base_config(tmp_path)
+    result = {}
+    assert knowledge.add_judged(cfg, tmp_path, result) == "" and result == {}  # the offline grader
+    cfg.eval.grader = "judge"
+    assert (
+        knowledge.add_judged(cfg, tmp_path, result) == "judge: no verdict on 1 of 2 answers (counted wrong)"
+    )
+    assert result == {"judge": {"judged": 2, "failed": 1}}

@@ -59,6 +59,8 @@ def test_continual_end_to_end_and_resume(tmp_path, monkeypatch):
     records = [json.loads(ln) for ln in (tmp_path / "clean/journal/continual.jsonl").read_text().splitlines()]
     assert sum("/sample/" in r["key"] for r in records) == 6  # one self-edit per step, 3 steps × 2 sequences
     assert sum(r["key"].endswith("/step0") for r in records) == 2
+    steps = [r for r in records if "/step" in r["key"] and "/sample/" not in r["key"]]
+    assert len(steps) == 8 and all(len(r["verdicts"]) == len(r["answers"]) > 0 for r in steps)  # judge counts
 
     # The same run stopped after its second saved step, then restarted: the same matrix.
     cfg = tiny_config(tmp_path / "resumed")
